@@ -1,0 +1,3 @@
+from stfeat.cli import main
+
+main()

@@ -1,0 +1,34 @@
+"""Error types. Every user-facing error names the file, the problem and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class StfeatError(Exception):
+    """Base class of stfeat's user-facing errors (the CLI prints them without a traceback)."""
+
+
+class InputError(StfeatError, ValueError):
+    """Bad input: a file that is missing, malformed or inconsistent.
+
+    Parameters
+    ----------
+    path
+        The file or folder at fault (``None`` when no single file is).
+    problem
+        What is wrong, in one sentence.
+    fix
+        What the user should do about it.
+    """
+
+    def __init__(self, path: str | Path | None, problem: str, fix: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        self.fix = fix
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{problem} Fix: {fix}")
+
+
+class CacheLockedError(StfeatError):
+    """Another process holds the lock of a feature cache file."""

@@ -1,0 +1,446 @@
+"""The HDF5 feature cache: one file per sample and encoder configuration.
+
+Layout (schema version :data:`stfeat._constants.CACHE_SCHEMA_VERSION`)::
+
+    {cache_dir}/{encoder_tag}/{sample_id}.h5
+      /barcodes                    (n,) utf-8 str
+      /coords                      (n, 2) float64, spot centres, level-0 px, (x, y)
+      /features/{scale}            (n, d) float16 (or float32), one dataset per field of view;
+                                   ``scale`` is ``f"{um:g}"`` (e.g. "112"), attrs ``scale_um``
+      /padded/{scale}              (n,) bool, the crop ran past the image edge (white padding)
+      /done/{scale}                (n,) bool, rows already written (the resume mask)
+      /neighbors/spatial           (n, k) int64, k nearest spots (self excluded, -1 = none)
+      /neighbors/spatial_dist_um   (n, k) float32, their distances in micrometres
+      attrs: schema_version, complete, created, completed, encoder, encoder_tag, encoder_identity
+             (JSON), weights_id, config_hash, um_per_px, um_per_px_source, scales_um, patch_px,
+             embed_dim, dtype, batch_size, k_neighbors, sample_id, patient, n_spots, image_path,
+             stfeat_version, torch_version, timm_version, h5py_version
+
+``encoder_tag`` is the encoder name made safe for a folder name (see :func:`encoder_tag`): different
+weights under one name are kept apart by the ``config_hash`` attribute, and a mismatch is an error
+that asks for ``--overwrite`` or another cache directory, never a silent mix.
+
+Writing is incremental and crash-safe: a file being written is ``{sample_id}.h5.partial``; every
+batch writes its rows, then its ``done`` flags, then flushes. Only when every scale is done and the
+neighbours are stored does the writer set ``complete`` and rename the file to ``{sample_id}.h5``, so
+a file under the final name is always complete. A sidecar ``{sample_id}.h5.lock`` holds an OS lock
+(``fcntl.flock``) while a process writes; the OS releases it when that process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from stfeat import _constants as K
+from stfeat.errors import CacheLockedError, InputError
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
+_ATTR_JSON = {"encoder_identity"}
+
+
+# ---------------------------------------------------------------- names and paths
+def scale_name(um: float) -> str:
+    """Dataset name of a field of view: ``f"{um:g}"`` (112.0 -> "112", 56.5 -> "56.5")."""
+    return f"{float(um):g}"
+
+
+def encoder_tag(name: str) -> str:
+    """Folder name for an encoder: its name made filesystem-safe.
+
+    ``"UNI"`` -> ``"uni"``, ``"timm:densenet121"`` -> ``"timm-densenet121"``,
+    ``"hf-hub:MahmoodLab/UNI"`` -> ``"hf-hub-mahmoodlab-uni"``, a weights path -> its file stem.
+    """
+    s = str(name)
+    if ("/" in s or os.sep in s) and not s.startswith(("hf-hub:", "timm:")):
+        s = Path(s).name
+        for suf in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
+            if s.endswith(suf):
+                s = s[: -len(suf)]
+    s = re.sub(r"[^a-z0-9._+-]+", "-", s.lower()).strip("-.")
+    return s or "encoder"
+
+
+def cache_path(cache_dir: str | Path, encoder_tag: str, sample_id: str) -> Path:
+    """``{cache_dir}/{encoder_tag}/{sample_id}.h5`` (the sample id is made filesystem-safe)."""
+    sid = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(sample_id)).strip(".") or "sample"
+    return Path(cache_dir) / encoder_tag / f"{sid}.h5"
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where the unfinished version of ``path`` lives while it is written."""
+    p = Path(path)
+    return p.with_name(p.name + PARTIAL_SUFFIX)
+
+
+def lock_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + LOCK_SUFFIX)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def config_hash(identity: Mapping[str, Any]) -> str:
+    """Short, stable hash of an encoder identity dict (JSON with sorted keys, sha256, 16 hex)."""
+    import hashlib
+
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- locking
+@contextlib.contextmanager
+def cache_lock(path: str | Path) -> Iterator[Path]:
+    """Hold the OS lock of a cache file (non-blocking) for the duration of the ``with`` block.
+
+    Raises
+    ------
+    CacheLockedError
+        When another process (or another open handle) holds it. A lock held by a process that
+        died is released by the OS, so it never blocks forever.
+    """
+    import fcntl
+
+    lp = lock_path(path)
+    lp.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            who = f" (pid {holder})" if holder else ""
+            raise CacheLockedError(
+                f"{path}: another stfeat process{who} is writing this cache file. Wait for it to "
+                "finish, or use another --cache-dir. (A lock of a process that died is released "
+                "automatically.)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield lp
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- reading
+def _decode_attr(key: str, v: Any) -> Any:
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if key in _ATTR_JSON and isinstance(v, str):
+        with contextlib.suppress(ValueError):
+            return json.loads(v)
+    return v
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """The file's attributes only (no dataset is read): fast enough to decide a skip.
+
+    Raises :class:`InputError` when the file is not an HDF5 file.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: _decode_attr(k, v) for k, v in f.attrs.items()}
+    except OSError as exc:
+        raise InputError(path, f"cannot be read as an HDF5 feature cache ({exc}).",
+                         "delete it and run `stfeat extract` again, or pass --overwrite.") from None
+
+
+@dataclass
+class CacheData:
+    """The content of one complete cache file.
+
+    Attributes
+    ----------
+    barcodes
+        (n,) spot barcodes.
+    coords
+        (n, 2) spot centres in level-0 px, (x, y).
+    features
+        Scale name (``"112"``) -> (n, d) float32 embeddings.
+    padded
+        Scale name -> (n,) bool, True where the crop ran past the image edge.
+    neighbors, neighbor_dist_um
+        (n, k) spatial neighbour indices (self excluded, -1 = none) and distances in um, or None.
+    attrs
+        Provenance (see the module docstring).
+    """
+
+    barcodes: np.ndarray
+    coords: np.ndarray
+    features: dict[str, np.ndarray]
+    padded: dict[str, np.ndarray] = field(default_factory=dict)
+    neighbors: np.ndarray | None = None
+    neighbor_dist_um: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scales_um(self) -> list[float]:
+        return [float(s) for s in self.features]
+
+    @property
+    def n_spots(self) -> int:
+        return int(len(self.barcodes))
+
+    def stacked(self, scales: Sequence[float | str] | None = None) -> np.ndarray:
+        """Features of the given scales (default all) side by side: (n, sum of d)."""
+        names = list(self.features) if scales is None else [_as_name(s) for s in scales]
+        return np.concatenate([self.features[s] for s in names], axis=1)
+
+
+def _as_name(s: float | str) -> str:
+    return scale_name(float(s))
+
+
+def _check_schema(path: Path, attrs: Mapping[str, Any]) -> None:
+    if "schema_version" not in attrs or "config_hash" not in attrs:
+        raise InputError(path, "is not an stfeat feature cache (schema attributes are missing).",
+                         "point to a file written by `stfeat extract`.")
+    if int(attrs["schema_version"]) > K.CACHE_SCHEMA_VERSION:
+        raise InputError(path, f"uses cache schema {attrs['schema_version']}, newer than this stfeat "
+                         f"understands ({K.CACHE_SCHEMA_VERSION}).", "upgrade stfeat.")
+
+
+def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None) -> CacheData:
+    """Read a complete cache file (features as float32).
+
+    Parameters
+    ----------
+    path
+        A ``.h5`` file written by :func:`stfeat.extract.extract` or :func:`write_cache`.
+    scales
+        Fields of view to read (micrometres or names); default all.
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable, foreign or incomplete file, or a scale it does not hold.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        hint = " (an unfinished run left a .partial file: rerun `stfeat extract` to resume)" \
+            if partial_path(path).exists() else ""
+        raise InputError(path, f"does not exist{hint}.", "run `stfeat extract` for this sample first.")
+    attrs = read_attrs(path)
+    _check_schema(path, attrs)
+    if not attrs.get("complete", False):
+        raise InputError(path, "is an incomplete feature cache (its extraction was interrupted).",
+                         "rerun `stfeat extract` to resume it.")
+    with h5py.File(path, "r") as f:
+        have = list(f["features"].keys())
+        names = have if scales is None else [_as_name(s) for s in scales]
+        missing = [s for s in names if s not in have]
+        if missing:
+            raise InputError(path, f"holds no features for scale(s) {missing} um (it has {have}).",
+                             "run `stfeat extract` with those --scales (they are added to the file).")
+        names.sort(key=float)
+        feats = {s: f["features"][s][...].astype(np.float32, copy=False) for s in names}
+        padded = {s: f["padded"][s][...].astype(bool) for s in names if s in f.get("padded", {})}
+        nb = f.get("neighbors")
+        nbi = nb["spatial"][...] if nb is not None and "spatial" in nb else None
+        nbd = nb["spatial_dist_um"][...] if nb is not None and "spatial_dist_um" in nb else None
+        return CacheData(
+            barcodes=f["barcodes"].asstr()[...].astype(str),
+            coords=f["coords"][...].astype(np.float64),
+            features=feats, padded=padded, neighbors=nbi, neighbor_dist_um=nbd, attrs=attrs,
+        )
+
+
+def describe_cache(path: str | Path) -> str:
+    """A human-readable summary of a cache file (used by ``stfeat info CACHE.h5``)."""
+    import h5py
+
+    path = Path(path)
+    attrs = read_attrs(path)
+    _check_schema(path, attrs)
+    lines = [f"stfeat feature cache: {path}"]
+    state = "complete" if attrs.get("complete") else "INCOMPLETE (rerun `stfeat extract` to resume)"
+    lines.append(f"  state:      {state}; created {attrs.get('created', '?')}, "
+                 f"completed {attrs.get('completed') or '-'}")
+    lines.append(f"  sample:     {attrs.get('sample_id')} (patient {attrs.get('patient') or '-'}), "
+                 f"{attrs.get('n_spots')} spots")
+    lines.append(f"  encoder:    {attrs.get('encoder')} [tag {attrs.get('encoder_tag')}], "
+                 f"weights {attrs.get('weights_id')}, config {attrs.get('config_hash')}")
+    lines.append(f"  image:      {attrs.get('um_per_px')} um/px ({attrs.get('um_per_px_source')}), "
+                 f"crops resized to {attrs.get('patch_px')} px")
+    with h5py.File(path, "r") as f:
+        for s in sorted(f["features"].keys(), key=float):
+            ds = f["features"][s]
+            done = int(np.count_nonzero(f["done"][s][...])) if "done" in f and s in f["done"] else ds.shape[0]
+            pad = int(np.count_nonzero(f["padded"][s][...])) if "padded" in f and s in f["padded"] else 0
+            lines.append(f"  features/{s:<6} {ds.shape[0]} x {ds.shape[1]} {ds.dtype}, "
+                         f"{done}/{ds.shape[0]} done, {pad} padded at the image edge")
+        if "neighbors" in f and "spatial" in f["neighbors"]:
+            nb = f["neighbors"]["spatial"]
+            dist = f["neighbors"]["spatial_dist_um"][...]
+            finite = dist[np.isfinite(dist)]
+            med = f", median distance {np.median(finite):.1f} um" if finite.size else ""
+            lines.append(f"  neighbors:  k={nb.shape[1]} spatial (FAISS){med}")
+        else:
+            lines.append("  neighbors:  none")
+    lines.append(f"  versions:   stfeat {attrs.get('stfeat_version')}, torch {attrs.get('torch_version')}, "
+                 f"timm {attrs.get('timm_version')}, schema {attrs.get('schema_version')}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- writing
+def _set_attrs(f: Any, attrs: Mapping[str, Any]) -> None:
+    for k, v in attrs.items():
+        if v is None:
+            v = ""
+        if isinstance(v, str):
+            v = str(v)  # plain str: h5py rejects subclasses such as torch's TorchVersion
+        if k in _ATTR_JSON and not isinstance(v, str):
+            v = json.dumps(v, sort_keys=True, default=str)
+        if isinstance(v, (list, tuple)):
+            v = np.asarray(v, dtype=np.float64 if all(isinstance(x, (int, float)) for x in v) else str)
+            if v.dtype.kind == "U":
+                import h5py
+
+                v = v.astype(h5py.string_dtype())
+        f.attrs[k] = v
+
+
+def _np_dtype(dtype: str | np.dtype) -> np.dtype:
+    d = np.dtype(dtype)
+    if d not in (np.dtype(np.float16), np.dtype(np.float32)):
+        raise ValueError(f"feature dtype must be float16 or float32, not {d}")
+    return d
+
+
+def create_datasets(f: Any, *, barcodes: np.ndarray, coords: np.ndarray) -> None:
+    """Write the per-spot datasets every cache holds (barcodes, coords)."""
+    import h5py
+
+    f.create_dataset("barcodes", data=np.asarray(barcodes, dtype=str).astype(h5py.string_dtype()))
+    f.create_dataset("coords", data=np.asarray(coords, dtype=np.float64))
+    for g in ("features", "padded", "done"):
+        f.require_group(g)
+
+
+def add_scale(f: Any, scale_um: float, *, n: int, dim: int, dtype: str | np.dtype,
+              chunk_rows: int = 256) -> str:
+    """Create the (empty, not done) datasets of one scale; returns its name."""
+    name = scale_name(scale_um)
+    d = f["features"].create_dataset(name, shape=(n, dim), dtype=_np_dtype(dtype),
+                                     chunks=(max(1, min(n, chunk_rows)), dim) if n else None)
+    d.attrs["scale_um"] = float(scale_um)
+    f["padded"].create_dataset(name, shape=(n,), dtype=bool)
+    f["done"].create_dataset(name, shape=(n,), dtype=bool)
+    return name
+
+
+def write_neighbors(f: Any, idx: np.ndarray, dist_um: np.ndarray) -> None:
+    g = f.require_group("neighbors")
+    for key in ("spatial", "spatial_dist_um"):
+        if key in g:
+            del g[key]
+    g.create_dataset("spatial", data=np.asarray(idx, dtype=np.int64))
+    g.create_dataset("spatial_dist_um", data=np.asarray(dist_um, dtype=np.float32))
+    g.attrs["k"] = int(np.asarray(idx).shape[1])
+
+
+def done_masks(f: Any) -> dict[str, np.ndarray]:
+    return {s: f["done"][s][...].astype(bool) for s in f["done"].keys()}
+
+
+def write_cache(
+    path: str | Path,
+    *,
+    barcodes: np.ndarray,
+    coords: np.ndarray,
+    features: Mapping[str | float, np.ndarray],
+    attrs: Mapping[str, Any],
+    padded: Mapping[str | float, np.ndarray] | None = None,
+    neighbors: np.ndarray | None = None,
+    neighbor_dist_um: np.ndarray | None = None,
+    dtype: str = "float16",
+) -> Path:
+    """Write a complete cache file in one go (tests, synthetic data, conversions).
+
+    ``attrs`` needs at least ``encoder`` and ``sample_id``; schema, config hash (from the encoder
+    name when absent), scales, ``complete`` and timestamps are filled in. Written to a temporary
+    name and renamed into place.
+    """
+    import h5py
+
+    path = Path(path)
+    barcodes = np.asarray(barcodes, dtype=str)
+    n = len(barcodes)
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.shape != (n, 2):
+        raise ValueError(f"coords must be ({n}, 2), got {coords.shape}")
+    feats = {float(_as_name(k)): np.asarray(v) for k, v in features.items()}
+    for s, v in feats.items():
+        if v.ndim != 2 or v.shape[0] != n:
+            raise ValueError(f"features for scale {s:g} must be ({n}, d), got {v.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    a = dict(attrs)
+    a.setdefault("encoder_tag", encoder_tag(str(a.get("encoder", "encoder"))))
+    a.setdefault("config_hash", config_hash({"encoder": a.get("encoder"), "weights_id": a.get("weights_id")}))
+    stamp = now_iso()
+    a.update(schema_version=K.CACHE_SCHEMA_VERSION, n_spots=n, scales_um=sorted(feats),
+             dtype=str(_np_dtype(dtype)), created=a.get("created", stamp), completed=stamp, complete=True)
+    if feats:
+        a.setdefault("embed_dim", int(next(iter(feats.values())).shape[1]))
+    with h5py.File(tmp, "w") as f:
+        create_datasets(f, barcodes=barcodes, coords=coords)
+        for s, v in sorted(feats.items()):
+            name = add_scale(f, s, n=n, dim=v.shape[1], dtype=dtype)
+            f["features"][name][...] = v.astype(_np_dtype(dtype))
+            pad = None if padded is None else padded.get(name, padded.get(s))  # type: ignore[call-overload]
+            f["padded"][name][...] = np.zeros(n, bool) if pad is None else np.asarray(pad, bool)
+            f["done"][name][...] = True
+        if neighbors is not None:
+            write_neighbors(f, neighbors, neighbor_dist_um if neighbor_dist_um is not None
+                            else np.full(np.shape(neighbors), np.nan, np.float32))
+            a.setdefault("k_neighbors", int(np.shape(neighbors)[1]))
+        _set_attrs(f, a)
+    os.replace(tmp, path)
+    return path
+
+
+def finalize(f: Any, *, scales_um: Sequence[float]) -> None:
+    """Mark an open, fully written file complete (caller then closes and renames it)."""
+    masks = done_masks(f)
+    missing = [s for s, m in masks.items() if not m.all()]
+    if missing:
+        raise RuntimeError(f"{f.filename}: refusing to mark complete, scales {missing} are not done")
+    _set_attrs(f, {"scales_um": sorted(float(s) for s in scales_um), "completed": now_iso(),
+                   "complete": True})
+    f.flush()
+
+
+__all__ = [
+    "CacheData", "cache_path", "encoder_tag", "scale_name", "read_cache", "read_attrs", "write_cache",
+    "describe_cache", "cache_lock", "config_hash", "partial_path", "lock_path",
+]

@@ -1,0 +1,770 @@
+"""Stage one: multi-scale crops of every spot -> batched encoder -> resumable HDF5 cache.
+
+Pipeline per sample::
+
+    DataLoader workers: Slide.read_regions for every scale of a block of spots -> uint8 (b, S, px, px, 3)
+    main thread:        pinned uint8 -> device (non-blocking) -> Encoder (normalise on device, autocast)
+    writer thread:      rows -> /features/{scale}, flags -> /done/{scale}, flush  (see stfeat.cache)
+
+Blocks are fixed ranges of ``batch_size`` spots (the batch size is stored in the file and reused on
+resume), so an interrupted run that is resumed computes exactly the batches a clean run computes and
+writes identical embeddings. ``batch_size`` counts spots; one forward pass sees ``batch_size x
+n_scales`` crops.
+
+Sharding: ``shard=(i, n)`` (or ``"i/n"``, **0-based**: ``0/4`` .. ``3/4``) keeps samples ``i, i+n,
+i+2n, ...`` of the list; without it, torchrun's ``RANK``/``WORLD_SIZE`` are used. Each rank writes its
+own files; the per-file lock refuses any overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from stfeat import _constants as K
+from stfeat import cache as C
+from stfeat.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from stfeat.encoders.base import Encoder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCALES_UM: tuple[float, ...] = (112.0, 224.0, 448.0)
+CPU_BATCH_SIZE = 32
+_SPEC_KEYS = ("name", "arch", "embed_dim", "input_px", "mean", "std", "pooling", "precision", "model_kwargs")
+
+
+@dataclass
+class SampleResult:
+    """What :func:`extract` did for one sample.
+
+    ``status`` is "written" (new file), "resumed" (an interrupted file finished), "updated" (scales or
+    neighbours added to a complete file) or "skipped" (already complete).
+    """
+
+    sample_id: str
+    path: Path
+    status: str
+    n_spots: int
+    n_computed: int
+    seconds: float
+    scales_um: list[float] = field(default_factory=list)
+
+    def line(self) -> str:
+        rate = f", {self.n_computed / self.seconds:.1f} spots/s" if self.n_computed and self.seconds > 0 else ""
+        return (f"{self.sample_id}: {self.status}, {self.n_spots} spots "
+                f"({self.n_computed} computed) in {self.seconds:.2f} s{rate} -> {self.path}")
+
+
+# ---------------------------------------------------------------- encoder identity (no model built)
+def _sha256_file(path: Path, memo_dir: Path | None) -> str:
+    """sha256 of a weights file, memoised by (path, size, mtime) in ``memo_dir`` so that a rerun over
+    complete caches does not re-hash gigabytes."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo = memo_dir / ".weights_sha256.json" if memo_dir is not None else None
+    table: dict[str, str] = {}
+    if memo is not None and memo.exists():
+        with contextlib.suppress(OSError, ValueError):
+            table = json.loads(memo.read_text())
+            if key in table:
+                return table[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if memo is not None:
+        with contextlib.suppress(OSError):
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            table[key] = digest
+            tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(table, indent=0))
+            os.replace(tmp, memo)
+    return digest
+
+
+def _spec_subset(spec: Any) -> dict[str, Any]:
+    d = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+    return {k: d.get(k) for k in _SPEC_KEYS}
+
+
+@dataclass
+class _Identity:
+    name: str
+    tag: str
+    weights_id: str
+    identity: dict[str, Any]
+    input_px: int | None
+
+    @property
+    def hash(self) -> str:
+        return C.config_hash(self.identity)
+
+
+def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = None, pretrained: bool = True,
+                     memo_dir: Path | None = None) -> _Identity:
+    """What identifies an encoder's features, computed WITHOUT building the model.
+
+    A registry name contributes its spec (architecture, input size, normalisation, pooling,
+    precision); a weights file its sha256; default pretrained weights their hub id; random weights
+    (seeded) the word "random". The config hash of the cache is the hash of this dict.
+    """
+    from stfeat.encoders.base import Encoder
+
+    if isinstance(encoder, Encoder):
+        ident = {"encoder": encoder.spec.name, "spec": _spec_subset(encoder.spec),
+                 "weights_id": str(encoder.weights_id)}
+        return _Identity(encoder.spec.name, C.encoder_tag(encoder.spec.name), str(encoder.weights_id), ident,
+                         int(encoder.spec.input_px))
+    name = str(encoder)
+    spec = None
+    if weights is None and Path(name).is_file():  # a weights file given as the encoder
+        weights = name
+    try:
+        from stfeat.encoders import get_spec
+
+        spec = get_spec(name)
+    except (KeyError, ImportError, AttributeError):
+        spec = None
+    if weights is not None:
+        wp = Path(weights)
+        if not wp.is_file():
+            raise InputError(wp, "the weights file does not exist.", "check the --weights path.")
+        wid = "sha256:" + _sha256_file(wp, memo_dir)
+    elif pretrained:
+        wid = f"pretrained:{getattr(spec, 'hub_id', None) or name}"
+    else:
+        wid = "random:seed0"
+    resolved = spec.name if spec is not None else name
+    ident = {"encoder": resolved, "spec": _spec_subset(spec) if spec is not None else None, "weights_id": wid}
+    return _Identity(resolved, C.encoder_tag(resolved), wid, ident,
+                     int(spec.input_px) if spec is not None else None)
+
+
+def _build_encoder(encoder: "str | Encoder", *, weights, pretrained: bool, device: str) -> "Encoder":
+    import torch
+
+    from stfeat.encoders.base import Encoder
+
+    if isinstance(encoder, Encoder):
+        enc = encoder
+    else:
+        from stfeat.encoders import create_encoder
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random-weight runs are reproducible (and resumable)
+            enc = create_encoder(str(encoder), weights=weights, device=device, pretrained=pretrained)
+    enc.to(device)
+    enc.model.eval()
+    if torch.device(device).type == "cuda" and getattr(enc.spec, "channels_last", False):
+        enc.model.to(memory_format=torch.channels_last)
+    return enc
+
+
+# ---------------------------------------------------------------- crops
+class CropDataset:
+    """A torch-style dataset whose item ``i`` is block ``i`` of spots, all scales decoded together.
+
+    Items are ``(start, crops uint8 (b, S, px, px, 3), padded bool (b, S))``: one item per batch keeps
+    worker-to-main IPC to one shared-memory tensor per batch.
+    """
+
+    def __init__(self, slide: Any, centres_px: np.ndarray, blocks: Sequence[tuple[int, int]],
+                 scales_um: Sequence[float], out_px: int, um_per_px: float) -> None:
+        self.slide = slide
+        self.centres = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+        self.blocks = list(blocks)
+        self.scales_um = [float(s) for s in scales_um]
+        self.out_px = int(out_px)
+        self.um_per_px = float(um_per_px)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        a, b = self.blocks[i]
+        crops = np.empty((b - a, len(self.scales_um), self.out_px, self.out_px, 3), dtype=np.uint8)
+        padded = np.zeros((b - a, len(self.scales_um)), dtype=bool)
+        for j, s in enumerate(self.scales_um):
+            crops[:, j], padded[:, j] = self.slide.read_regions(self.centres[a:b], s, self.out_px,
+                                                                um_per_px=self.um_per_px)
+        return a, torch.from_numpy(crops), torch.from_numpy(padded)
+
+
+def _blocks(n: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(a, min(n, a + batch_size)) for a in range(0, n, batch_size)]
+
+
+def _resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            local = os.environ.get("LOCAL_RANK")
+            return f"cuda:{local}" if local is not None else "cuda"
+        return "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, f"device {device!r} was requested but torch sees no CUDA GPU.",
+                         "use --device cpu, or install a CUDA build of torch on a GPU machine.")
+    return str(device)
+
+
+def default_num_workers(device: str) -> int:
+    """DataLoader workers: on CPU one decoder process next to the compute threads (measured on 2
+    cores: see benchmarks/bench_extract.py); on GPU most cores, leaving one for the main thread."""
+    n = os.cpu_count() or 1
+    if device.startswith("cuda"):
+        return max(1, min(16, n - 1))
+    return 1 if n >= 2 else 0
+
+
+def auto_batch_size(encoder: "Encoder", device: str, n_scales: int, *, start_crops: int = 1024) -> int:
+    """Spots per batch: 32 on CPU; on CUDA the largest power-of-two crop batch (from ``start_crops``)
+    whose forward pass fits, halved on out-of-memory, divided by the number of scales."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return CPU_BATCH_SIZE
+    px = int(encoder.spec.input_px)
+    crops = start_crops
+    while crops >= n_scales:
+        try:
+            x = torch.randint(0, 256, (crops, px, px, 3), dtype=torch.uint8, device=device)
+            encoder(x)
+            torch.cuda.synchronize(device)
+            del x
+            return max(1, crops // n_scales)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            crops //= 2
+    return 1
+
+
+def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", scales_um: Sequence[float],
+                  um_per_px: float, batch_size: int, blocks: Sequence[tuple[int, int]] | None = None,
+                  num_workers: int = 0, device: str | None = None, prefetch_factor: int = 4,
+                  ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Yield ``(start, stop, features float32 (b, S, d), padded bool (b, S))`` block by block.
+
+    The encoder must already be on ``device``. Decoding runs in ``num_workers`` DataLoader
+    processes; on CUDA, copies are pinned and non-blocking and the device-to-host copy of one
+    batch overlaps the forward pass of the next.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    device = _resolve_device(device)
+    n = len(centres_px)
+    blocks = _blocks(n, batch_size) if blocks is None else list(blocks)
+    if not blocks:
+        return
+    if hasattr(slide, "load"):
+        slide.load()  # decode a JPEG once, before forking, so workers share its memory map
+    ds = CropDataset(slide, centres_px, blocks, scales_um, int(encoder.spec.input_px), um_per_px)
+    cuda = device.startswith("cuda")
+    workers = max(0, min(int(num_workers), len(blocks)))
+    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda,
+                        prefetch_factor=prefetch_factor if workers else None, persistent_workers=False)
+    S = len(scales_um)
+    pending = None
+    for start, crops, padded in loader:
+        b = crops.shape[0]
+        x = crops.view(b * S, *crops.shape[2:]).to(device, non_blocking=cuda)
+        out = encoder(x)
+        if cuda:
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record()
+            if pending is not None:
+                p_start, p_host, p_ev, p_pad = pending
+                p_ev.synchronize()
+                yield p_start, p_start + p_pad.shape[0], p_host.view(p_pad.shape[0], S, -1).numpy(), p_pad.numpy()
+            pending = (int(start), host, ev, padded)
+        else:
+            yield int(start), int(start) + b, out.view(b, S, -1).cpu().numpy(), padded.numpy()
+    if pending is not None:
+        p_start, p_host, p_ev, p_pad = pending
+        p_ev.synchronize()
+        yield p_start, p_start + p_pad.shape[0], p_host.view(p_pad.shape[0], S, -1).numpy(), p_pad.numpy()
+
+
+def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encoder", scales_um: Sequence[float]
+                   = DEFAULT_SCALES_UM, um_per_px: float | None = None, batch_size: int | None = None,
+                   num_workers: int = 0, device: str | None = None, weights: str | Path | None = None,
+                   return_padded: bool = False, progress: bool = False,
+                   ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Features at arbitrary points (e.g. a dense grid), same crops and encoder path as :func:`extract`.
+
+    Parameters
+    ----------
+    slide
+        A :class:`stfeat.slide.Slide` (or anything with the same ``read_regions``).
+    centres_px
+        (n, 2) centres in level-0 px, (x, y).
+    encoder
+        A built :class:`~stfeat.encoders.base.Encoder` or a name for ``create_encoder``.
+    um_per_px
+        Micrometres per level-0 px; default the slide's own.
+    return_padded
+        Also return scale name -> (n,) bool "crop ran past the image edge".
+
+    Returns
+    -------
+    dict
+        Scale name (``"112"``) -> (n, d) float32 features.
+    """
+    from stfeat.encoders.base import Encoder
+
+    dev = _resolve_device(device)
+    enc = encoder if isinstance(encoder, Encoder) else _build_encoder(encoder, weights=weights, pretrained=True,
+                                                                       device=dev)
+    enc.to(dev)
+    enc.model.eval()
+    um = um_per_px if um_per_px is not None else getattr(slide, "um_per_px", None)
+    if um is None:
+        raise InputError(getattr(slide, "path", None), "the micrometres per pixel of the image is unknown.",
+                         "pass um_per_px=... (CLI: --um-per-px).")
+    centres = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+    n, S = len(centres), len(scales_um)
+    bs = batch_size or auto_batch_size(enc, dev, S)
+    names = [C.scale_name(s) for s in scales_um]
+    feats = {s: np.zeros((n, enc.embed_dim), np.float32) for s in names}
+    pads = {s: np.zeros(n, bool) for s in names}
+    bar = _bar(n, "points", progress)
+    for a, b, f, p in iter_features(slide, centres, encoder=enc, scales_um=scales_um, um_per_px=float(um),
+                                    batch_size=bs, num_workers=num_workers, device=dev):
+        for j, s in enumerate(names):
+            feats[s][a:b] = f[:, j]
+            pads[s][a:b] = p[:, j]
+        bar.update(b - a)
+    bar.close()
+    return (feats, pads) if return_padded else feats
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="spot", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------- the writer thread
+class _Writer:
+    """Writes finished batches to the open HDF5 file in a background thread (small queue), so the
+    encoder never waits on disk. Each batch: feature rows, padded flags, then done flags, then flush."""
+
+    def __init__(self, f: Any, names: Sequence[str], dtype: np.dtype, on_batch: Callable[[int, int], None] | None,
+                 maxsize: int = 4) -> None:
+        self.f, self.names, self.dtype, self.on_batch = f, list(names), dtype, on_batch
+        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._run, name="stfeat-cache-writer", daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            a, b, feats, padded = item
+            try:
+                for j, s in enumerate(self.names):
+                    self.f["features"][s][a:b] = feats[:, j].astype(self.dtype)
+                    self.f["padded"][s][a:b] = padded[:, j]
+                for s in self.names:
+                    self.f["done"][s][a:b] = True
+                self.f.flush()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                self.error = exc
+
+    def put(self, a: int, b: int, feats: np.ndarray, padded: np.ndarray) -> None:
+        self.check()
+        self.q.put((a, b, feats, padded))
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.t.join()
+
+
+# ---------------------------------------------------------------- samples, shards, plans
+def _parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    if shard is None:
+        ws = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        rank = int(os.environ.get("RANK", "0") or 0)
+        return (rank, ws) if ws > 1 else (0, 1)
+    if isinstance(shard, str):
+        try:
+            i_s, n_s = shard.split("/")
+            i, n = int(i_s), int(n_s)
+        except ValueError:
+            raise ValueError(f"shard must look like 'i/n' (0-based, e.g. 0/4), got {shard!r}") from None
+    else:
+        i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard {i}/{n} is out of range: i is 0-based, 0 <= i < n (e.g. 0/4 .. 3/4)")
+    return i, n
+
+
+class _SampleAsRef:
+    """Wrap an already loaded Sample so it flows through the same code as a SampleRef."""
+
+    def __init__(self, sample: Any) -> None:
+        self.sample = sample
+        self.sample_id = sample.sample_id
+        self.patient = sample.patient
+
+    def load(self) -> Any:
+        return self.sample
+
+
+def _as_refs(samples: Any, um_per_px: float | None) -> list[Any]:
+    if isinstance(samples, (str, Path)):
+        from stfeat.io import resolve_samples
+
+        kw = {"um_per_px": um_per_px} if um_per_px is not None else {}
+        return list(resolve_samples(samples, **kw))
+    refs = []
+    for s in samples:
+        refs.append(_SampleAsRef(s) if hasattr(s, "adata") and hasattr(s, "slide") else s)
+    return refs
+
+
+@dataclass
+class _Plan:
+    action: str  # "skip" | "new" | "resume" | "update"
+    scales: list[float]  # every scale the finished file will hold
+    batch_size: int | None = None
+
+
+def _mismatch(path: Path, attrs: dict, ident: _Identity) -> InputError:
+    return InputError(
+        path,
+        f"was written by another encoder configuration (encoder {attrs.get('encoder')}, weights "
+        f"{attrs.get('weights_id')}, config {attrs.get('config_hash')}) than the one requested (encoder "
+        f"{ident.name}, weights {ident.weights_id}, config {ident.hash}).",
+        "pass --overwrite (overwrite=True) to recompute it, or use another --cache-dir.",
+    )
+
+
+def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.dtype, k: int,
+          um_per_px: float | None, overwrite: bool) -> _Plan:
+    want = sorted(float(s) for s in scales)
+    part = C.partial_path(final)
+    if overwrite:
+        return _Plan("new", want)
+    for path, is_final in ((final, True), (part, False)):
+        if not path.exists():
+            continue
+        try:
+            attrs = C.read_attrs(path)
+        except InputError:
+            if is_final:
+                raise
+            log.warning("%s is unreadable (killed mid-write?): starting it again", path)
+            return _Plan("new", want)
+        if attrs.get("config_hash") != ident.hash:
+            raise _mismatch(path, attrs, ident)
+        if np.dtype(str(attrs.get("dtype", "float16"))) != dtype:
+            raise InputError(path, f"stores features as {attrs.get('dtype')}, not the requested {dtype}.",
+                             "pass --overwrite to recompute it, or use another --cache-dir.")
+        if um_per_px is not None and abs(float(attrs.get("um_per_px", um_per_px)) - um_per_px) > 1e-9:
+            raise InputError(path, f"was extracted at {attrs.get('um_per_px')} um/px, not the requested "
+                             f"{um_per_px}.", "pass --overwrite to recompute it, or use another --cache-dir.")
+        have = sorted(float(s) for s in np.atleast_1d(attrs.get("scales_um", [])))
+        allsc = sorted(set(have) | set(want))
+        bs = int(attrs["batch_size"]) if attrs.get("batch_size") else None
+        if not is_final:
+            return _Plan("resume", allsc, bs)
+        if not attrs.get("complete", False):
+            return _Plan("resume", allsc, bs)
+        if set(want) <= set(have) and int(attrs.get("k_neighbors", 0) or 0) == k:
+            return _Plan("skip", have)
+        return _Plan("update", allsc, bs)
+    return _Plan("new", want)
+
+
+def _versions() -> dict[str, str]:
+    import h5py
+    import torch
+
+    import stfeat
+
+    try:
+        import timm
+
+        tv = timm.__version__
+    except ImportError:  # pragma: no cover
+        tv = ""
+    return {"stfeat_version": stfeat.__version__, "torch_version": torch.__version__, "timm_version": tv,
+            "h5py_version": h5py.__version__}
+
+
+# ---------------------------------------------------------------- one sample
+def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encoder", ident: _Identity,
+                 dtype: np.dtype, k: int, batch_size: int | None, num_workers: int, device: str,
+                 um_override: float | None, progress: bool, callback: Callable | None) -> tuple[str, int]:
+    import h5py
+
+    from stfeat.neighbors import spatial_neighbors
+
+    part = C.partial_path(final)
+    if sample.slide is None:
+        raise InputError(getattr(ref, "path", None), f"sample {sample.sample_id} has no H&E image.",
+                         "give the image path (e.g. image=... in the manifest).")
+    um = float(um_override if um_override is not None else sample.um_per_px)
+    coords = np.asarray(sample.coords, dtype=np.float64)
+    barcodes = np.asarray(sample.barcodes, dtype=str)
+    n = len(barcodes)
+    status = {"new": "written", "resume": "resumed", "update": "updated"}[plan.action]
+    if plan.action == "new":
+        for p in (final, part):
+            p.unlink(missing_ok=True)
+    elif plan.action == "update":
+        os.replace(final, part)  # a complete file is modified only under the partial name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    f = None
+    if part.exists():
+        try:
+            f = h5py.File(part, "a")
+            stored = f["barcodes"].asstr()[...]
+            if len(stored) != n or not np.array_equal(stored, barcodes):
+                f.close()
+                raise InputError(part, f"holds {len(stored)} spots that differ from the sample's {n} spots "
+                                 "(the input changed since this cache was started).",
+                                 "pass --overwrite to recompute it.")
+        except (OSError, KeyError) as exc:
+            log.warning("%s cannot be resumed (%s): starting it again", part, exc)
+            if f is not None:
+                with contextlib.suppress(Exception):
+                    f.close()
+            f = None
+            part.unlink()
+            status = "written"
+    bs = int(batch_size or plan.batch_size or auto_batch_size(enc, device, len(plan.scales)))
+    if f is None:
+        f = h5py.File(part, "w")
+        C.create_datasets(f, barcodes=barcodes, coords=coords)
+        slide_path = getattr(sample.slide, "path", "")
+        C._set_attrs(f, {
+            "schema_version": K.CACHE_SCHEMA_VERSION, "complete": False, "created": C.now_iso(), "completed": "",
+            "encoder": ident.name, "encoder_tag": ident.tag, "encoder_identity": ident.identity,
+            "weights_id": ident.weights_id, "config_hash": ident.hash, "um_per_px": um,
+            "um_per_px_source": "user" if um_override is not None else sample.um_per_px_source,
+            "scales_um": [], "patch_px": int(enc.spec.input_px), "embed_dim": int(enc.embed_dim),
+            "dtype": str(dtype), "batch_size": bs, "k_neighbors": 0, "sample_id": sample.sample_id,
+            "patient": sample.patient or "", "n_spots": n, "image_path": str(slide_path), **_versions(),
+        })
+    try:
+        C._set_attrs(f, {"complete": False, "completed": ""})
+        for s in plan.scales:
+            if C.scale_name(s) not in f["features"]:
+                C.add_scale(f, s, n=n, dim=int(enc.embed_dim), dtype=dtype, chunk_rows=max(bs, 64))
+        if k > 0 and int(f.attrs.get("k_neighbors", 0)) != k:
+            idx, dist = spatial_neighbors(coords * um, k)
+            C.write_neighbors(f, idx, dist)
+            C._set_attrs(f, {"k_neighbors": k})
+        elif k == 0 and "neighbors" in f:
+            del f["neighbors"]
+            C._set_attrs(f, {"k_neighbors": 0})
+        f.flush()
+        masks = C.done_masks(f)
+        # compute each scale that still has missing rows, block by block (fixed composition)
+        todo_scales = [s for s in plan.scales if not masks[C.scale_name(s)].all()]
+        n_computed = 0
+        if todo_scales:
+            names = [C.scale_name(s) for s in todo_scales]
+            need = np.zeros(n, bool)
+            for s in names:
+                need |= ~masks[s]
+            blocks = [(a, b) for a, b in _blocks(n, bs) if need[a:b].any()]
+            n_computed = sum(b - a for a, b in blocks)
+            writer = _Writer(f, names, dtype, None)
+            bar = _bar(n_computed, sample.sample_id, progress)
+            done_spots = 0
+            try:
+                for a, b, feats, pads in iter_features(sample.slide, coords, encoder=enc, scales_um=todo_scales,
+                                                       um_per_px=um, batch_size=bs, blocks=blocks,
+                                                       num_workers=num_workers, device=device):
+                    writer.put(a, b, feats, pads)
+                    done_spots += b - a
+                    bar.update(b - a)
+                    if callback is not None:
+                        callback(sample.sample_id, done_spots, n_computed)
+            finally:
+                writer.close()
+                bar.close()
+            writer.check()
+        C.finalize(f, scales_um=plan.scales)
+    finally:
+        f.close()
+    os.replace(part, final)
+    return status, n_computed
+
+
+# ---------------------------------------------------------------- the public entry point
+def extract(
+    samples: Any,
+    *,
+    encoder: "str | Encoder",
+    weights: str | Path | None = None,
+    scales_um: Sequence[float] = DEFAULT_SCALES_UM,
+    cache_dir: str | Path | None = None,
+    k_neighbors: int = 8,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    shard: str | tuple[int, int] | None = None,
+    dtype: str = "float16",
+    um_per_px: float | None = None,
+    pretrained: bool = True,
+    progress: bool = False,
+    on_sample: Callable[[SampleResult], None] | None = None,
+    callback: Callable[[str, int, int], None] | None = None,
+) -> list[Path]:
+    """Extract multi-scale features of every spot of every sample into the feature cache.
+
+    Parameters
+    ----------
+    samples
+        A path (sample folder, folder of samples or manifest, see ``stfeat.io.resolve_samples``), or a
+        list of ``SampleRef`` / ``Sample`` objects.
+    encoder
+        Registry name (``"densenet121"``, ``"uni"``, ``"timm:NAME"``, ...) or a built ``Encoder``.
+    weights
+        Local weights file (its sha256 identifies the cache configuration).
+    scales_um
+        Fields of view in micrometres.
+    cache_dir
+        Root of the cache; default ``$STFEAT_CACHE_DIR`` or ``./stfeat_cache``. Files go to
+        ``{cache_dir}/{encoder_tag}/{sample_id}.h5``.
+    k_neighbors
+        Spatial neighbours stored per spot (0: none).
+    batch_size
+        Spots per batch (a forward pass sees ``batch_size * len(scales_um)`` crops); default 32 on CPU,
+        probed on CUDA; a resumed file reuses its stored batch size unless one is given.
+    num_workers
+        DataLoader decoding processes; default :func:`default_num_workers`.
+    device
+        "cpu", "cuda", "cuda:1"; default CUDA when available (``cuda:$LOCAL_RANK`` under torchrun).
+    overwrite
+        Recompute files that exist (complete or not).
+    shard
+        ``"i/n"`` or ``(i, n)``, 0-based; default from ``RANK``/``WORLD_SIZE``.
+    dtype
+        "float16" (default) or "float32" storage.
+    um_per_px
+        Override the samples' micrometres per pixel.
+    pretrained
+        False: random weights (seeded; benchmarks).
+    progress
+        Show a tqdm bar (spots/s) per sample.
+    on_sample
+        Called with a :class:`SampleResult` as each sample finishes.
+    callback
+        Called as ``callback(sample_id, spots_done, spots_total)`` after each batch (raising aborts
+        the run; the file stays resumable).
+
+    Returns
+    -------
+    list of Path
+        The cache file of every sample of this shard, in order.
+
+    Raises
+    ------
+    InputError
+        Bad samples, or an existing file written by another encoder configuration.
+    CacheLockedError
+        Another process is writing one of the files.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    t_all = time.perf_counter()
+    dt = C._np_dtype(dtype)
+    scales = sorted({float(s) for s in scales_um})
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"scales_um must be positive micrometres, got {list(scales_um)}")
+    if k_neighbors < 0:
+        raise ValueError(f"k_neighbors must be >= 0, got {k_neighbors}")
+    root = Path(cache_dir if cache_dir is not None else os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
+    refs = _as_refs(samples, um_per_px)
+    rank, world = _parse_shard(shard)
+    refs = refs[rank::world]
+    ident = encoder_identity(encoder, weights=weights, pretrained=pretrained, memo_dir=root)
+    finals = [C.cache_path(root, ident.tag, r.sample_id) for r in refs]
+    plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite)
+             for p in finals]
+    results: list[SampleResult] = []
+
+    def report(r: SampleResult) -> None:
+        results.append(r)
+        log.info(r.line())
+        if on_sample is not None:
+            on_sample(r)
+
+    work = [i for i, p in enumerate(plans) if p.action != "skip"]
+    for i, p in enumerate(plans):
+        if p.action == "skip":
+            report(SampleResult(refs[i].sample_id, finals[i], "skipped", _n_spots(finals[i]), 0,
+                                time.perf_counter() - t_all, p.scales))
+    if not work:
+        return finals
+    dev = _resolve_device(device)
+    enc = _build_encoder(encoder, weights=weights, pretrained=pretrained, device=dev)
+    workers = default_num_workers(dev) if num_workers is None else int(num_workers)
+    # the next sample loads (counts, coordinates) in a thread while the current one is encoded
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stfeat-load") as pool:
+        futures = {work[0]: pool.submit(refs[work[0]].load)}
+        for j, i in enumerate(work):
+            t0 = time.perf_counter()
+            if j + 1 < len(work):
+                futures[work[j + 1]] = pool.submit(refs[work[j + 1]].load)
+            with C.cache_lock(finals[i]):
+                plan = _plan(finals[i], ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px,
+                             overwrite=overwrite)  # again, under the lock: another rank may have finished it
+                if plan.action == "skip":
+                    report(SampleResult(refs[i].sample_id, finals[i], "skipped", _n_spots(finals[i]), 0,
+                                        time.perf_counter() - t0, plan.scales))
+                    futures.pop(i).cancel()
+                    continue
+                sample = futures.pop(i).result()
+                status, n_comp = _extract_one(refs[i], sample, finals[i], plan, enc=enc, ident=ident, dtype=dt,
+                                              k=k_neighbors, batch_size=batch_size, num_workers=workers,
+                                              device=dev, um_override=um_per_px, progress=progress,
+                                              callback=callback)
+            report(SampleResult(sample.sample_id, finals[i], status, int(sample.n_spots), n_comp,
+                                time.perf_counter() - t0, plan.scales))
+    return finals
+
+
+def _n_spots(path: Path) -> int:
+    with contextlib.suppress(InputError):
+        return int(C.read_attrs(path).get("n_spots", 0))
+    return 0
+
+
+__all__ = ["extract", "extract_points", "iter_features", "encoder_identity", "SampleResult", "CropDataset",
+           "auto_batch_size", "default_num_workers", "DEFAULT_SCALES_UM"]

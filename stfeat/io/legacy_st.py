@@ -1,0 +1,235 @@
+"""Legacy Spatial Transcriptomics (Stahl et al. 2016): counts TSV + spot file + full-resolution H&E.
+
+Two layouts:
+
+* HER2ST (``almaan/her2st``): ``ST-cnts/{S}.tsv.gz``, ``ST-spotfiles/{S}_selection.tsv``,
+  ``ST-imgs/{patient}/{S}/*.jpg``. Sections are named patient letter + section number (C2 = patient C).
+* STUtility style: one folder with ``{S}.tsv``, ``alignment_table_{S}.tsv`` (or ``{S}_selection.tsv``)
+  and ``{S}.jpg``.
+
+Counts rows are ``"{x}x{y}"`` array positions; the spot file's x, y columns give the same key, pixel_x and
+pixel_y the spot centre in full-resolution pixels, and ``selected`` (when present) marks spots under tissue.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from stfeat import _constants as K
+from stfeat.errors import InputError
+from stfeat.io import _common as C
+from stfeat.io.sample import Sample
+
+log = logging.getLogger(__name__)
+
+FORMAT = "legacy-st"
+_COUNT_SUFFIXES = (".tsv.gz", ".tsv", ".txt.gz", ".txt", ".csv.gz", ".csv")
+_HER2ST_NAME = re.compile(r"^([A-Za-z])(\d+)$")
+
+
+def _strip(name: str) -> str:
+    for suf in _COUNT_SUFFIXES:
+        if name.endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def is_her2st_root(path: Path) -> bool:
+    return path.is_dir() and (path / "ST-cnts").is_dir() and (path / "ST-spotfiles").is_dir()
+
+
+def her2st_sections(root: Path) -> list[str]:
+    return sorted(_strip(p.name) for p in (root / "ST-cnts").iterdir() if p.name.endswith(_COUNT_SUFFIXES))
+
+
+def _spot_file_for(folder: Path, section: str) -> Path | None:
+    for cand in (
+        folder / f"{section}_selection.tsv",
+        folder / f"alignment_table_{section}.tsv",
+        folder / f"{section}_alignment.tsv",
+        folder / f"spots_{section}.tsv",
+    ):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def stutility_sections(folder: Path) -> list[str]:
+    """Sections of a flat folder: counts files with a matching spot/alignment file."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name.endswith(_COUNT_SUFFIXES):
+            s = _strip(p.name)
+            if _spot_file_for(folder, s) is not None:
+                out.append(s)
+    return out
+
+
+def locate(path: Path, section: str | None) -> dict[str, object]:
+    """Find counts, spot file, image and patient for one section at ``path`` (root, folder or counts file)."""
+    if path.is_file():
+        section = section or _strip(path.name)
+        counts = path
+        folder = path.parent
+        root = folder.parent if folder.name == "ST-cnts" else None
+    elif is_her2st_root(path):
+        root, folder, counts = path, path / "ST-cnts", None
+    else:
+        root, folder, counts = None, path, None
+    if section is None:
+        secs = her2st_sections(root) if root is not None else stutility_sections(folder)
+        if len(secs) != 1:
+            raise InputError(
+                path,
+                f"the folder holds {len(secs)} legacy ST sections ({', '.join(secs) or 'none'}), so which one is meant is unclear.",
+                "pass sample_id=SECTION, or list them all with stfeat.io.resolve_samples(path).",
+            )
+        section = secs[0]
+    if counts is None:
+        counts = next((folder / f"{section}{s}" for s in _COUNT_SUFFIXES if (folder / f"{section}{s}").is_file()), None)
+        if counts is None:
+            raise InputError(
+                folder / f"{section}.tsv.gz",
+                f"the counts file of section {section} is missing.",
+                f"put {section}.tsv(.gz) (spots x genes, rows named '{{x}}x{{y}}') in {folder}.",
+            )
+    spot_dirs = [root / "ST-spotfiles"] if root is not None else []
+    spot_dirs.append(counts.parent)
+    spots = next((f for d in spot_dirs if (f := _spot_file_for(d, section)) is not None), None)
+    if spots is None:
+        raise InputError(
+            spot_dirs[0] / f"{section}_selection.tsv",
+            f"the spot file of section {section} is missing (looked for {section}_selection.tsv and "
+            f"alignment_table_{section}.tsv).",
+            "add the spot file with columns x, y, pixel_x, pixel_y (and selected).",
+        )
+    image, patient, patient_note = None, None, None
+    if root is not None and (root / "ST-imgs").is_dir():
+        hits = sorted(p for p in (root / "ST-imgs").glob(f"*/{section}/*") if p.suffix.lower() in C.IMAGE_SUFFIXES)
+        if hits:
+            image = hits[0]
+            patient = image.parent.parent.name
+            patient_note = (
+                f"patient {patient!r} from the HER2ST layout: sections are named patient letter + section number "
+                f"and the image lies in ST-imgs/{patient}/{section}/"
+            )
+    if image is None:
+        image = C.find_image(counts.parent, section)
+    if patient is None and root is not None and (m := _HER2ST_NAME.match(section)):
+        patient = m.group(1).upper()
+        patient_note = f"patient {patient!r} from the HER2ST section name {section!r} (patient letter + section number)"
+    return {"section": section, "counts": counts, "spots": spots, "image": image, "patient": patient,
+            "patient_note": patient_note, "root": root or folder}
+
+
+def _read_counts(path: Path):  # -> (X csr, row ids, genes)
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, sep="\t", index_col=0, engine="c", low_memory=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise InputError(path, f"the counts table cannot be parsed ({exc}).",
+                         "give a tab-separated spots x genes table with a header row of genes.") from None
+    non_num = [c for c, t in df.dtypes.items() if t.kind not in "biuf"]
+    if non_num:
+        raise InputError(path, f"{len(non_num)} gene columns are not numeric (e.g. {non_num[:3]}).",
+                         "the counts must be whole numbers >= 0 in every cell.")
+    ids = df.index.astype(str).to_numpy()
+    C.check_unique(ids, path, "spot ids")
+    X = C.check_counts(df.to_numpy(), path)
+    return X, ids, df.columns.astype(str).to_numpy()
+
+
+def _read_spots(path: Path):
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, sep="\t", engine="c")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+        raise InputError(path, f"the spot file cannot be parsed ({exc}).", "give a tab-separated table.") from None
+    need = {"x", "y", "pixel_x", "pixel_y"}
+    if not need <= set(df.columns):
+        raise InputError(path, f"the spot file lacks columns {sorted(need - set(df.columns))} (has {list(df.columns)}).",
+                         "give columns x, y (array position), pixel_x, pixel_y (spot centre in full-res px).")
+    lattice = _array_pitch_px(df)
+    if "selected" in df.columns:
+        df = df[df["selected"] == 1]
+    keys = (df["x"].astype(int).astype(str) + "x" + df["y"].astype(int).astype(str)).to_numpy()
+    C.check_unique(keys, path, "array positions")
+    xy = df[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(xy).all():
+        raise InputError(path, "some spot pixel positions are missing or not numbers.", "fill pixel_x and pixel_y for every selected spot.")
+    return keys, xy, lattice
+
+
+def _array_pitch_px(df) -> tuple[float, float] | None:
+    """(um per array step, px per array step) fitted from array positions x, y to pixel_x, pixel_y.
+
+    A nearest-neighbour median is biased low by the jitter of detected spot centres (HER2ST: 271 px
+    against a true 290 px step), so the step is fitted by least squares over all spots of the file.
+    The 1k ST array is a square grid with a 200 um step; the 2k array uses only every other position
+    (x + y of one parity, a checkerboard) with a 100 um step.
+    """
+    d = df[["x", "y", "pixel_x", "pixel_y"]].dropna()
+    if len(d) < 6:
+        return None
+    A = np.column_stack([d["x"].to_numpy(float), d["y"].to_numpy(float), np.ones(len(d))])
+    coef, *_ = np.linalg.lstsq(A, d[["pixel_x", "pixel_y"]].to_numpy(float), rcond=None)
+    step_px = float((np.hypot(*coef[0]) + np.hypot(*coef[1])) / 2)
+    parity = (d["x"].round().astype(int) + d["y"].round().astype(int)) % 2
+    step_um = K.LEGACY_ST_PITCH_UM / 2 if parity.nunique() == 1 else K.LEGACY_ST_PITCH_UM
+    return (step_um, step_px) if step_px > 0 else None
+
+
+def read_legacy_st(
+    path: Path, *, image: Path | None = None, um_per_px: float | None = None, sample_id: str | None = None,
+    patient: str | None = None, section: str | None = None,
+) -> Sample:
+    """Read one legacy ST section. ``section`` (or ``sample_id``) picks it from a multi-section folder."""
+    from stfeat.slide import open_slide
+
+    loc = locate(path, section or sample_id)
+    notes = C.Notes()
+    counts_path, spots_path = loc["counts"], loc["spots"]
+    X, ids, genes = _read_counts(counts_path)  # type: ignore[arg-type]
+    keys, xy, lattice = _read_spots(spots_path)  # type: ignore[arg-type]
+    # counts tables include spots off the tissue: only spot-file (selected) spots are kept, silently
+    ci, pi = C.join_positions(ids, keys, counts_path, spots_path, notes, warn_counts=False)  # type: ignore[arg-type]
+    n_off = len(ids) - len(ci)
+    if n_off:
+        notes.note(f"{n_off} counts rows are not selected spots in {spots_path.name} (off tissue); not kept")
+    X, ids, coords = X[ci], ids[ci], xy[pi]
+    img_path = Path(image) if image is not None else loc["image"]
+    if img_path is None:
+        raise InputError(counts_path, f"no H&E image found for section {loc['section']}.",
+                         "pass image=PATH (CLI: --image PATH).")
+    slide = open_slide(img_path, um_per_px=um_per_px)  # type: ignore[arg-type]
+    inside = C.drop_outside_image(coords, slide, img_path, notes)  # type: ignore[arg-type]
+    X, ids, coords = X[inside], ids[inside], coords[inside]
+    if um_per_px is not None:
+        um, src = float(um_per_px), "user"
+    elif slide.um_per_px is not None:
+        um, src = slide.um_per_px, slide.um_per_px_source
+    elif lattice is not None:
+        step_um, step_px = lattice
+        um = step_um / step_px
+        array = "1k array, square grid" if step_um == K.LEGACY_ST_PITCH_UM else "2k array, checkerboard grid"
+        src = (f"spot-lattice (estimated: legacy ST {array}, {step_um:g} um per array step / {step_px:.1f} px "
+               f"fitted from array positions in {spots_path.name})")  # type: ignore[union-attr]
+    else:
+        um, nn = C.lattice_um_per_px(coords, K.LEGACY_ST_PITCH_UM)
+        if not np.isfinite(um):
+            raise C.no_um_error(counts_path, "too few spots to measure the 200 um lattice")  # type: ignore[arg-type]
+        src = C.estimated_source("legacy ST", K.LEGACY_ST_PITCH_UM, nn)
+    if loc["patient_note"] and patient is None:
+        notes.note(str(loc["patient_note"]))
+    return C.build_sample(
+        X=X, barcodes=ids, genes=genes, coords=coords, slide=slide,
+        sample_id=sample_id or str(loc["section"]), patient=patient or loc["patient"], fmt=FORMAT,  # type: ignore[arg-type]
+        um_per_px=um, um_source=str(src), source_path=counts_path, notes=notes,  # type: ignore[arg-type]
+        extra={"spot_file": str(spots_path)},
+    )

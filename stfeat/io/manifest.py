@@ -1,0 +1,224 @@
+"""Many samples: :class:`SampleRef`, manifests (CSV/YAML) and :func:`resolve_samples` for folders."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stfeat.errors import InputError
+from stfeat.io import anndata_reader as A
+from stfeat.io import legacy_st as L
+from stfeat.io import spaceranger as S
+from stfeat.io.read import detect_format, read_sample
+from stfeat.io.sample import Sample
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".yaml", ".yml")
+_OPTION_KEYS = ("image", "um_per_px", "fmt", "allow_normalized")
+_ALIASES = {"sample": "sample_id", "id": "sample_id", "patient_id": "patient", "format": "fmt", "mpp": "um_per_px"}
+
+
+@dataclass
+class SampleRef:
+    """A sample to read later: its id, patient, path and the :func:`read_sample` keyword arguments."""
+
+    sample_id: str
+    patient: str | None
+    path: Path
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> Sample:
+        kw = dict(self.options)
+        kw.setdefault("sample_id", self.sample_id)
+        if self.patient is not None:
+            kw.setdefault("patient", self.patient)
+        return read_sample(self.path, **kw)
+
+
+def is_manifest(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES
+
+
+def _blank(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip() == ""
+
+
+def read_manifest(path: str | Path) -> list[SampleRef]:
+    """Read a manifest: one row per sample with ``sample_id``, ``patient``, ``path`` and optional overrides.
+
+    Paths (``path``, ``image``) are resolved relative to the manifest's folder and must exist.
+    """
+    mpath = Path(path)
+    if not mpath.is_file():
+        raise InputError(mpath, "the manifest does not exist.", "check the path.")
+    rows = _manifest_rows(mpath)
+    if not rows:
+        raise InputError(mpath, "the manifest lists no samples.", "add one row per sample: sample_id, patient, path.")
+    refs: list[SampleRef] = []
+    for i, raw in enumerate(rows, start=1):
+        row = {_ALIASES.get(str(k).strip().lower(), str(k).strip().lower()): v for k, v in raw.items()}
+        if _blank(row.get("path")):
+            raise InputError(mpath, f"row {i} has no 'path'.", "give every sample a path (relative to the manifest).")
+        p = (mpath.parent / str(row["path"]).strip()).expanduser()
+        if not p.exists():
+            raise InputError(mpath, f"row {i}: the sample path {p} does not exist.",
+                             "fix the path (relative paths are read from the manifest's folder).")
+        opts: dict[str, Any] = {}
+        for k in _OPTION_KEYS:
+            v = row.get(k)
+            if _blank(v):
+                continue
+            if k == "image":
+                v = (mpath.parent / str(v).strip()).expanduser()
+                if not v.is_file():
+                    raise InputError(mpath, f"row {i}: the image {v} does not exist.", "fix the image path.")
+            elif k == "um_per_px":
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise InputError(mpath, f"row {i}: um_per_px {v!r} is not a number.", "give e.g. 0.5.") from None
+            elif k == "allow_normalized":
+                v = str(v).strip().lower() in ("1", "true", "yes")
+            opts[k] = v
+        sid = None if _blank(row.get("sample_id")) else str(row["sample_id"]).strip()
+        if sid is None:
+            sid = _default_id(p)
+        patient = None if _blank(row.get("patient")) else str(row["patient"]).strip()
+        refs.append(SampleRef(sid, patient, p, opts))
+    ids = [r.sample_id for r in refs]
+    dup = sorted({s for s in ids if ids.count(s) > 1})
+    if dup:
+        raise InputError(mpath, f"duplicate sample ids {dup}.", "give each row a unique sample_id.")
+    return refs
+
+
+def _manifest_rows(mpath: Path) -> list[dict[str, Any]]:
+    if mpath.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(mpath.read_text())
+        except yaml.YAMLError as exc:
+            raise InputError(mpath, f"the manifest is not valid YAML ({exc}).", "fix the YAML syntax.") from None
+        if isinstance(data, dict):
+            data = data.get("samples")
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise InputError(mpath, "the manifest must be a list of samples (or a 'samples:' list) of mappings.",
+                             "write e.g. `samples: [{sample_id: A1, patient: A, path: data/A1}]`.")
+        return data
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(mpath, sep=None, engine="python", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(mpath, f"the manifest cannot be parsed ({exc}).", "write a CSV with a header row.") from None
+    return df.to_dict("records")
+
+
+def _default_id(p: Path) -> str:
+    if p.is_dir() and p.name == "outs":
+        return p.parent.name
+    name = p.name
+    for suf in (".h5ad", *L._COUNT_SUFFIXES):
+        if name.endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def _refs_in(p: Path, overrides: dict[str, Any]) -> list[SampleRef] | None:
+    """Refs of a folder holding several samples, or None when ``p`` is one sample."""
+    if L.is_her2st_root(p):
+        refs = []
+        for s in L.her2st_sections(p):
+            loc = L.locate(p, s)
+            refs.append(SampleRef(s, overrides.get("patient") or loc["patient"], p, {**overrides, "fmt": "legacy-st"}))  # type: ignore[arg-type]
+        return refs
+    if A.is_hest_root(p):
+        refs = []
+        for sid in A.hest_ids(p):
+            meta, _ = A.hest_meta(p, sid)
+            pat = overrides.get("patient") or A._str_or_none(meta.get("patient"))
+            refs.append(SampleRef(sid, pat, p / "st" / f"{sid}.h5ad", {**overrides, "fmt": "hest"}))
+        return refs
+    secs = L.stutility_sections(p) if p.is_dir() else []
+    if len(secs) > 1:
+        return [SampleRef(s, overrides.get("patient"), p, {**overrides, "fmt": "legacy-st"}) for s in secs]
+    return None
+
+
+def resolve_samples(path_or_manifest: str | Path, **overrides: Any) -> list[SampleRef]:
+    """SampleRefs for a manifest, a single sample, or a folder holding many samples.
+
+    Parameters
+    ----------
+    path_or_manifest
+        A manifest (.csv/.tsv/.yaml/.yml), one sample path, or a folder of samples (a HER2ST
+        checkout gives one ref per section, a HEST-1k root one per ``st/*.h5ad``, any other folder
+        one per sample sub-folder).
+    **overrides
+        :func:`read_sample` keyword arguments applied to every ref (e.g. ``um_per_px``).
+    """
+    p = Path(path_or_manifest).expanduser()
+    if not p.exists():
+        raise InputError(p, "the path does not exist.", "check the spelling, or that the data is mounted.")
+    if is_manifest(p):
+        refs = read_manifest(p)
+        for r in refs:
+            r.options.update({k: v for k, v in overrides.items() if k not in ("sample_id", "patient")})
+            if overrides.get("patient"):
+                r.patient = overrides["patient"]
+        return refs
+    if p.is_dir():
+        refs = _refs_in(p, overrides)
+        if refs is not None:
+            return refs
+        try:
+            fmt = detect_format(p)
+        except InputError:
+            fmt = None
+        if fmt is None:
+            # a folder of sample folders
+            refs = []
+            for sub in sorted(q for q in p.iterdir() if q.is_dir() and not q.name.startswith(".")):
+                inner = _refs_in(sub, overrides)
+                if inner is not None:
+                    refs.extend(inner)
+                    continue
+                try:
+                    f = detect_format(sub)
+                except InputError:
+                    continue
+                refs.append(_single(sub, f, overrides))
+            if not refs:
+                detect_format(p)  # raises the unknown-layout error naming the folder
+            return refs
+        return [_single(p, fmt, overrides)]
+    return [_single(p, detect_format(p), overrides)]
+
+
+def _single(p: Path, fmt: str, overrides: dict[str, Any]) -> SampleRef:
+    sid = overrides.get("sample_id")
+    patient = overrides.get("patient")
+    if sid is None:
+        if fmt == "spaceranger":
+            outs = S.outs_dir(p if p.is_dir() else p.parent)
+            sid = _default_id(outs) if outs is not None else _default_id(p)
+        elif fmt == "legacy-st":
+            sid = str(L.locate(p, None)["section"])
+        elif fmt == "anndata" and p.is_dir():
+            h5 = A.single_h5ad(p)
+            sid = h5.stem if h5 is not None else p.name
+        else:
+            sid = _default_id(p)
+    if fmt == "legacy-st" and patient is None:
+        patient = L.locate(p, sid)["patient"]  # type: ignore[assignment]
+    if fmt == "hest" and patient is None and p.is_file():
+        meta, _ = A.hest_meta(p.parent.parent, p.stem)
+        patient = A._str_or_none(meta.get("patient"))
+    opts = {k: v for k, v in overrides.items() if k not in ("sample_id", "patient")}
+    opts.setdefault("fmt", fmt)
+    return SampleRef(str(sid), patient, p, opts)

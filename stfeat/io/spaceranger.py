@@ -1,0 +1,212 @@
+"""10x Visium Space Ranger ``outs/``: counts (h5 or mtx), tissue positions (csv/parquet), scale factors, image.
+
+Positions give spot centres in full-resolution pixels as (pxl_row, pxl_col) = (y, x); stfeat stores (x, y).
+The full-resolution H&E is not part of ``outs/``: pass it with ``image=``. Without it the hires (else lowres)
+PNG is used through its scale factor, so coordinates stay in full-resolution pixels and only the pixel
+detail is reduced (stated in the sample's warnings).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stfeat import _constants as K
+from stfeat.errors import InputError
+from stfeat.io import _common as C
+from stfeat.io.sample import Sample
+
+log = logging.getLogger(__name__)
+
+FORMAT = "spaceranger"
+_H5 = "filtered_feature_bc_matrix.h5"
+_MTX = "filtered_feature_bc_matrix"
+_POSITIONS = ("tissue_positions.parquet", "tissue_positions.csv", "tissue_positions_list.csv")
+_POS_COLS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+
+
+def outs_dir(path: Path) -> Path | None:
+    """The Space Ranger ``outs`` folder at or under ``path``, or None."""
+    for d in (path, path / "outs"):
+        if d.is_dir() and (d / "spatial").is_dir() and ((d / _H5).is_file() or (d / _MTX).is_dir()):
+            return d
+    return None
+
+
+def _read_h5(path: Path):
+    import h5py
+    import scipy.sparse as sp
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "matrix" not in f:
+                raise InputError(path, "this HDF5 file has no 'matrix' group: it is not a 10x feature-barcode matrix.",
+                                 "give Space Ranger's filtered_feature_bc_matrix.h5.")
+            g = f["matrix"]
+            shape = tuple(int(v) for v in g["shape"][()])
+            m = sp.csc_matrix((g["data"][()], g["indices"][()], g["indptr"][()]), shape=shape)
+            barcodes = np.array([b.decode() for b in g["barcodes"][()]])
+            feat = g["features"] if "features" in g else g  # v2 (Cell Ranger 2) keeps genes/gene_names at top
+            ids = np.array([b.decode() for b in (feat["id"] if "id" in feat else feat["genes"])[()]])
+            names = np.array([b.decode() for b in (feat["name"] if "name" in feat else feat["gene_names"])[()]])
+            ftype = (np.array([b.decode() for b in feat["feature_type"][()]]) if "feature_type" in feat
+                     else np.full(len(ids), "Gene Expression"))
+    except OSError as exc:
+        raise InputError(path, f"the counts file cannot be read as HDF5 ({exc}).",
+                         "re-copy filtered_feature_bc_matrix.h5 from the Space Ranger outs/ folder.") from None
+    return m.T.tocsr(), barcodes, ids, names, ftype
+
+
+def _read_mtx(folder: Path):
+    import pandas as pd
+    import scipy.io
+
+    def _f(stem: str) -> Path:
+        for s in (f"{stem}.gz", stem):
+            if (folder / s).is_file():
+                return folder / s
+        raise InputError(folder / f"{stem}.gz", f"{stem}(.gz) is missing from the matrix folder.",
+                         "copy the whole filtered_feature_bc_matrix/ folder from Space Ranger outs/.")
+
+    mtx = _f("matrix.mtx")
+    try:
+        with (gzip.open(mtx, "rb") if mtx.suffix == ".gz" else open(mtx, "rb")) as fh:
+            m = scipy.io.mmread(fh)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(mtx, f"the Matrix Market file cannot be parsed ({exc}).", "re-copy it from Space Ranger outs/.") from None
+    bc = pd.read_csv(_f("barcodes.tsv"), sep="\t", header=None, engine="c")[0].astype(str).to_numpy()
+    ff = _f("features.tsv") if any((folder / s).is_file() for s in ("features.tsv.gz", "features.tsv")) else _f("genes.tsv")
+    feats = pd.read_csv(ff, sep="\t", header=None, engine="c")
+    ids = feats[0].astype(str).to_numpy()
+    names = (feats[1] if feats.shape[1] > 1 else feats[0]).astype(str).to_numpy()
+    ftype = feats[2].astype(str).to_numpy() if feats.shape[1] > 2 else np.full(len(ids), "Gene Expression")
+    if m.shape != (len(ids), len(bc)):
+        raise InputError(mtx, f"the matrix is {m.shape[0]} x {m.shape[1]} but there are {len(ids)} features and "
+                         f"{len(bc)} barcodes.", "use matrix.mtx, features.tsv and barcodes.tsv from one run.")
+    return m.T.tocsr(), bc, ids, names, ftype
+
+
+def read_positions(spatial: Path):
+    """(barcodes, in_tissue, xy full-res px) from whichever positions file exists, and its path."""
+    import pandas as pd
+
+    path = next((spatial / n for n in _POSITIONS if (spatial / n).is_file()), None)
+    if path is None:
+        raise InputError(spatial / "tissue_positions.csv", "no tissue positions file found (looked for "
+                         f"{', '.join(_POSITIONS)}).", "copy the spatial/ folder of Space Ranger outs/ completely.")
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        elif path.name == "tissue_positions_list.csv":
+            df = pd.read_csv(path, header=None, engine="c")
+            if str(df.iloc[0, 0]) == "barcode":  # some tools write a header anyway
+                df = pd.read_csv(path, engine="c")
+            else:
+                df.columns = _POS_COLS[: df.shape[1]]
+        else:
+            df = pd.read_csv(path, engine="c")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
+        raise InputError(path, f"the positions file cannot be parsed ({exc}).", "re-copy it from Space Ranger outs/spatial/.") from None
+    missing = [c for c in _POS_COLS if c not in df.columns]
+    if missing:
+        raise InputError(path, f"the positions file lacks columns {missing}.", f"give columns {_POS_COLS}.")
+    bc = df["barcode"].astype(str).to_numpy()
+    C.check_unique(bc, path)
+    xy = df[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    return bc, df["in_tissue"].to_numpy().astype(int), xy, path
+
+
+def read_scalefactors(spatial: Path) -> tuple[dict[str, Any], Path | None]:
+    path = spatial / "scalefactors_json.json"
+    if not path.is_file():
+        return {}, None
+    try:
+        return json.loads(path.read_text()), path
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"the scale factors are not valid JSON ({exc}).", "re-copy it from Space Ranger outs/spatial/.") from None
+
+
+def read_spaceranger(
+    path: Path, *, image: Path | None = None, um_per_px: float | None = None, sample_id: str | None = None,
+    patient: str | None = None,
+) -> Sample:
+    """Read a Space Ranger ``outs`` folder (or the folder holding ``outs/``)."""
+    import pandas as pd
+
+    from stfeat.slide import open_slide
+
+    outs = outs_dir(path)
+    if outs is None:
+        raise InputError(path, "this is not a Space Ranger outs/ folder (needs spatial/ and "
+                         f"{_H5} or {_MTX}/).", "point to the outs/ folder of a Space Ranger run.")
+    notes = C.Notes()
+    if (outs / _H5).is_file():
+        counts_path = outs / _H5
+        X, bc, ids, names, ftype = _read_h5(counts_path)
+    else:
+        counts_path = outs / _MTX
+        X, bc, ids, names, ftype = _read_mtx(counts_path)
+    C.check_unique(bc, counts_path)
+    ge = ftype == "Gene Expression"
+    if not ge.all():
+        notes.note(f"kept {int(ge.sum())} Gene Expression features of {len(ge)} (dropped other feature types)")
+        X, ids, names = X[:, np.flatnonzero(ge)], ids[ge], names[ge]
+    X = C.check_counts(X, counts_path)
+    spatial = outs / "spatial"
+    pbc, in_tissue, xy, pos_path = read_positions(spatial)
+    tissue = in_tissue == 1
+    ci, pi = C.join_positions(bc, pbc[tissue], counts_path, pos_path, notes)
+    n_off = int((~tissue).sum())
+    X, bc, coords = X[ci], bc[ci], xy[tissue][pi]
+    sf, sf_path = read_scalefactors(spatial)
+
+    scale, img_path = 1.0, None
+    if image is not None:
+        img_path = Path(image)
+    else:
+        for key, name in (("tissue_hires_scalef", "tissue_hires_image.png"), ("tissue_lowres_scalef", "tissue_lowres_image.png")):
+            if (spatial / name).is_file():
+                if key not in sf:
+                    raise InputError(sf_path or spatial / "scalefactors_json.json",
+                                     f"{name} exists but its scale factor {key!r} is missing.",
+                                     "copy scalefactors_json.json from Space Ranger outs/spatial/, or pass image=FULLRES.")
+                img_path, scale = spatial / name, float(sf[key])
+                break
+    slide = None
+    if img_path is not None:
+        slide = open_slide(img_path, scale=scale)
+        if scale != 1.0:
+            notes.warn(
+                f"{img_path.name}: no full-resolution image given; using this {'hires' if 'hires' in img_path.name else 'lowres'} "
+                f"image at {scale:g} image px per full-res px (reduced detail). Pass image=FULLRES (--image) for full resolution."
+            )
+        inside = C.drop_outside_image(coords, slide, img_path, notes)
+        X, bc, coords = X[inside], bc[inside], coords[inside]
+    else:
+        notes.warn(f"{outs}: no image found (no --image and no tissue_hires/lowres PNG); expression only.")
+
+    if um_per_px is not None:
+        um, src = float(um_per_px), "user"
+    elif sf.get("spot_diameter_fullres"):
+        um = K.VISIUM_SPOT_DIAMETER_UM / float(sf["spot_diameter_fullres"])
+        src = f"spaceranger scalefactors ({K.VISIUM_SPOT_DIAMETER_UM:g} um spot / spot_diameter_fullres)"
+    elif slide is not None and slide.um_per_px is not None:
+        um, src = slide.um_per_px, str(slide.um_per_px_source)
+    else:
+        um, nn = C.lattice_um_per_px(coords, K.VISIUM_PITCH_UM)
+        if not np.isfinite(um):
+            raise C.no_um_error(outs, "no spot_diameter_fullres in scalefactors_json.json and too few spots")
+        src = C.estimated_source("Visium", K.VISIUM_PITCH_UM, nn)
+    if n_off:
+        notes.note(f"{n_off} positions are off tissue (in_tissue 0) and were not kept")
+    sid = sample_id or (outs.parent.name if outs.name == "outs" else outs.name)
+    return C.build_sample(
+        X=X, barcodes=bc, genes=names, coords=coords, slide=slide, sample_id=sid, patient=patient, fmt=FORMAT,
+        um_per_px=um, um_source=src, source_path=outs, notes=notes,
+        var=pd.DataFrame({"gene_ids": ids.astype(str)}),
+    )

@@ -1,0 +1,299 @@
+"""FeatureSet: cached features of many samples, aligned to their spots, ready for the heads.
+
+For each sample it holds the features of the chosen scales (float32; caches may store float16), the
+spot coordinates in micrometres, the patient (or, without patient ids, the section as the group) and
+a spatial neighbour graph. From these it builds
+
+* ``X`` for flat heads (:meth:`FeatureSet.flat`): the chosen scales concatenated, optionally followed
+  by the mean of the same concatenation over the spot's k nearest neighbours;
+* token tensors for the attention head (:meth:`FeatureSet.tokens`): per spot, one token per own
+  scale, then one token per neighbour (the neighbour's features at ``neighbor_scale``, by default the
+  smallest chosen scale), with offsets in micrometres (``rel_pos``), a token-type id per position and
+  a padding mask (True = padding: samples with fewer than k+1 spots).
+
+Neighbours never cross samples. They come from the cache when it holds at least k of them, and are
+recomputed from the coordinates in micrometres otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from stfeat.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def scale_name(scale: float | str) -> str:
+    """Canonical dataset name of a scale in micrometres: ``112`` -> ``"112"``, ``56.5`` -> ``"56.5"``."""
+    try:
+        return f"{float(scale):g}"
+    except (TypeError, ValueError):
+        raise ValueError(f"scale {scale!r} is not a number of micrometres (e.g. 112, 224, 448)") from None
+
+
+def cache_file(cache_dir: str | Path, encoder: str, sample_id: str) -> Path:
+    """Where stage one writes the cache of ``sample_id`` for ``encoder`` (``stfeat.cache.cache_path``)."""
+    from stfeat.cache import cache_path, encoder_tag
+
+    return Path(cache_path(cache_dir, encoder_tag(encoder), sample_id))
+
+
+def knn_within(coords_um: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest other spots (self excluded); -1 / inf pads samples with fewer than k+1 spots."""
+    n = len(coords_um)
+    idx = np.full((n, k), -1, dtype=np.int64)
+    dist = np.full((n, k), np.inf, dtype=np.float32)
+    kk = min(k, n - 1)
+    if kk <= 0 or k <= 0:
+        return idx, dist
+    try:
+        from stfeat.neighbors import spatial_neighbors
+    except ImportError:  # neighbors module absent: same result from scipy's exact KD-tree
+        spatial_neighbors = None
+    if spatial_neighbors is not None:
+        i, d = spatial_neighbors(np.asarray(coords_um, dtype=np.float64), kk)
+    else:
+        from scipy.spatial import cKDTree
+
+        d, i = cKDTree(coords_um).query(coords_um, k=kk + 1)
+        d, i = d[:, 1:], i[:, 1:]
+    idx[:, :kk] = i
+    dist[:, :kk] = d
+    return idx, dist
+
+
+@dataclass
+class SampleFeatures:
+    """Features of one sample, one row per spot, in the sample's barcode order.
+
+    Attributes
+    ----------
+    features
+        Scale name (``f"{um:g}"``) -> (n, d) float32.
+    neighbors, neighbor_dist_um
+        (n, k) nearest other spots of the same sample (-1 = none) and their distances, or None.
+    """
+
+    sample_id: str
+    patient: str | None
+    barcodes: np.ndarray
+    coords_px: np.ndarray
+    um_per_px: float
+    features: dict[str, np.ndarray]
+    neighbors: np.ndarray | None = None
+    neighbor_dist_um: np.ndarray | None = None
+    source: Path | None = None
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n_spots(self) -> int:
+        return int(len(self.barcodes))
+
+    @property
+    def coords_um(self) -> np.ndarray:
+        return np.asarray(self.coords_px, dtype=np.float64) * float(self.um_per_px)
+
+    @classmethod
+    def from_cache(cls, path: str | Path, *, scales: Sequence[str] | None = None, patient: str | None = None,
+                   sample_id: str | None = None) -> "SampleFeatures":
+        """Read a stage-one cache file (only the chosen scales) via ``stfeat.cache.read_cache``."""
+        from stfeat.cache import read_cache
+
+        path = Path(path)
+        names = None if scales is None else [scale_name(s) for s in scales]
+        try:
+            data = read_cache(path, scales=None if names is None else [float(s) for s in names])
+        except (OSError, KeyError) as exc:
+            raise InputError(path, f"cannot read the feature cache ({exc}).",
+                             "re-run `stfeat extract` for this sample (add --overwrite).") from None
+        feats = {scale_name(k): np.asarray(v, dtype=np.float32) for k, v in data.features.items()}
+        if names is not None:
+            absent = [s for s in names if s not in feats]
+            if absent:
+                raise InputError(path, f"the cache has no features at scale(s) {absent} um "
+                                 f"(it has {sorted(feats, key=float)}).",
+                                 "extract them with `stfeat extract ... --scales` or choose cached scales.")
+            feats = {s: feats[s] for s in names}
+        attrs = dict(data.attrs)
+        um = attrs.get("um_per_px")
+        if um is None:
+            raise InputError(path, "the cache records no um_per_px.", "re-run `stfeat extract` for this sample.")
+        return cls(
+            sample_id=str(sample_id or attrs.get("sample_id") or path.stem),
+            patient=patient if patient is not None else (attrs.get("patient") or None),
+            barcodes=np.asarray(data.barcodes).astype(str),
+            coords_px=np.asarray(data.coords, dtype=np.float64),
+            um_per_px=float(um),
+            features=feats,
+            neighbors=None if data.neighbors is None else np.asarray(data.neighbors, dtype=np.int64),
+            neighbor_dist_um=None if data.neighbor_dist_um is None else np.asarray(data.neighbor_dist_um, np.float32),
+            source=path,
+            attrs=attrs,
+        )
+
+    def aligned_to(self, barcodes: Sequence[str], *, sample_path: str | Path | None = None) -> "SampleFeatures":
+        """Rows reordered to ``barcodes`` (the sample's spots); InputError if the spot sets differ."""
+        barcodes = np.asarray(barcodes).astype(str)
+        if len(barcodes) == len(self.barcodes) and np.array_equal(barcodes, self.barcodes):
+            return self
+        pos = {b: i for i, b in enumerate(self.barcodes)}
+        missing = [b for b in barcodes if b not in pos]
+        extra = len(set(self.barcodes) - set(barcodes))
+        if missing or extra or len(barcodes) != len(self.barcodes):
+            raise InputError(
+                self.source,
+                f"its spots do not match the sample's ({sample_path}): {len(missing)} sample barcodes are not in "
+                f"the cache (e.g. {missing[:3]}), {extra} cached barcodes are not in the sample.",
+                f"re-extract with `stfeat extract {sample_path or 'SAMPLE'} ... --overwrite` so cache and sample agree.")
+        order = np.array([pos[b] for b in barcodes], dtype=np.int64)
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        nb = None
+        if self.neighbors is not None:
+            nb = self.neighbors[order]
+            nb = np.where(nb >= 0, inv[np.clip(nb, 0, None)], -1)
+        return SampleFeatures(
+            sample_id=self.sample_id, patient=self.patient, barcodes=barcodes, coords_px=self.coords_px[order],
+            um_per_px=self.um_per_px, features={k: v[order] for k, v in self.features.items()}, neighbors=nb,
+            neighbor_dist_um=None if self.neighbor_dist_um is None else self.neighbor_dist_um[order],
+            source=self.source, attrs=self.attrs)
+
+    def neighbor_graph(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(idx, dist_um) of the k nearest other spots: the cached graph if it has k, else recomputed."""
+        if k <= 0:
+            return np.zeros((self.n_spots, 0), np.int64), np.zeros((self.n_spots, 0), np.float32)
+        if self.neighbors is not None and self.neighbors.shape[1] >= k:
+            d = self.neighbor_dist_um
+            if d is None:
+                d = np.linalg.norm(self.coords_um[self.neighbors[:, :k]] - self.coords_um[:, None], axis=-1)
+            return self.neighbors[:, :k], np.asarray(d[:, :k], np.float32)
+        idx, dist = knn_within(self.coords_um, k)
+        self.neighbors, self.neighbor_dist_um = idx, dist
+        return idx, dist
+
+
+class FeatureSet:
+    """Features of several samples for stage two.
+
+    Parameters
+    ----------
+    samples
+        One :class:`SampleFeatures` per sample, rows aligned to the sample's expression.
+    scales
+        Scale names to use, in order (default: those of the first sample, ascending).
+    """
+
+    def __init__(self, samples: Sequence[SampleFeatures], scales: Sequence[str | float] | None = None) -> None:
+        if not samples:
+            raise ValueError("FeatureSet needs at least one sample")
+        self.samples = {s.sample_id: s for s in samples}
+        if len(self.samples) != len(samples):
+            raise ValueError("duplicated sample ids in FeatureSet")
+        first = samples[0]
+        self.scales = [scale_name(s) for s in scales] if scales else sorted(first.features, key=float)
+        dims = set()
+        for s in samples:
+            for sc in self.scales:
+                if sc not in s.features:
+                    raise InputError(s.source, f"no features at scale {sc} um.", "extract that scale or drop it.")
+                dims.add(s.features[sc].shape[1])
+        if len(dims) != 1:
+            raise InputError(None, f"feature widths differ across samples/scales: {sorted(dims)}.",
+                             "use caches of one encoder configuration.")
+        self.dim = dims.pop()
+        patients = [s.patient for s in samples]
+        self.group_kind = "patient" if any(p not in (None, "") for p in patients) else "section"
+        if self.group_kind == "section":
+            log.warning("no patient ids: samples are grouped by section (sample id)")
+
+    @classmethod
+    def from_caches(cls, samples: Sequence[tuple[str, str | None, Path, Sequence[str], str | Path | None]], *,
+                    scales: Sequence[str | float] | None = None) -> "FeatureSet":
+        """Load caches: one ``(sample_id, patient, cache_path, sample_barcodes, sample_path)`` per sample."""
+        out = []
+        for sid, patient, path, barcodes, spath in samples:
+            sf = SampleFeatures.from_cache(path, scales=scales, patient=patient, sample_id=sid)
+            out.append(sf.aligned_to(barcodes, sample_path=spath))
+        return cls(out, scales=scales)
+
+    # ------------------------------------------------------------------------------ bookkeeping
+    @property
+    def sample_ids(self) -> list[str]:
+        return list(self.samples)
+
+    def group_of(self, sample_id: str) -> str:
+        p = self.samples[sample_id].patient
+        return str(p) if (self.group_kind == "patient" and p not in (None, "")) else sample_id
+
+    def spot_samples(self, ids: Sequence[str]) -> np.ndarray:
+        """Sample id of every row of the matrices built for ``ids``."""
+        return np.concatenate([np.full(self.samples[s].n_spots, s, dtype=object) for s in ids])
+
+    def coords_px(self, ids: Sequence[str]) -> np.ndarray:
+        return np.concatenate([self.samples[s].coords_px for s in ids])
+
+    # ------------------------------------------------------------------------------ matrices
+    def flat(self, ids: Sequence[str], *, neighbor_mean: bool = False, k: int = 8) -> np.ndarray:
+        """X (n, d * n_scales [* 2]) float32 for flat heads: scales concatenated [+ neighbour mean]."""
+        return np.concatenate([flat_features(self.samples[s], self.scales, neighbor_mean=neighbor_mean, k=k)
+                               for s in ids])
+
+    def tokens(self, ids: Sequence[str], *, k: int = 8, neighbor_scale: str | None = None) -> dict[str, np.ndarray]:
+        """Token tensors for the attention head; see :func:`token_features`."""
+        parts = [token_features(self.samples[s], self.scales, k=k, neighbor_scale=neighbor_scale) for s in ids]
+        return {
+            "X": np.concatenate([p["X"] for p in parts]),
+            "rel_pos": np.concatenate([p["rel_pos"] for p in parts]),
+            "mask": np.concatenate([p["mask"] for p in parts]),
+            "token_type": parts[0]["token_type"],
+        }
+
+
+def flat_features(sf: SampleFeatures, scales: Sequence[str], *, neighbor_mean: bool = False, k: int = 8) -> np.ndarray:
+    """Concatenated scales of one sample, optionally + the mean of the same over k neighbours."""
+    X = np.concatenate([np.asarray(sf.features[s], np.float32) for s in scales], axis=1)
+    if not neighbor_mean:
+        return X
+    idx, _ = sf.neighbor_graph(k)
+    valid = idx >= 0
+    nb = X[np.clip(idx, 0, None)] * valid[..., None]
+    cnt = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+    return np.concatenate([X, (nb.sum(axis=1) / cnt).astype(np.float32)], axis=1)
+
+
+def token_features(sf: SampleFeatures, scales: Sequence[str], *, k: int = 8,
+                   neighbor_scale: str | None = None) -> dict[str, np.ndarray]:
+    """Tokens of one sample for the attention head.
+
+    Returns
+    -------
+    dict
+        ``X`` (n, S + k, d) float32: the spot's own features at each of the S scales, then its k
+        neighbours' features at ``neighbor_scale`` (default: the smallest scale); ``rel_pos``
+        (n, S + k, 2) float32 offsets in micrometres (0 for own tokens, neighbour - spot for the others);
+        ``mask`` (n, S + k) bool, True where a neighbour token is padding; ``token_type`` (S + k,) int64:
+        0..S-1 for the own scales, S for neighbours.
+    """
+    scales = list(scales)
+    nscale = scale_name(neighbor_scale) if neighbor_scale is not None else min(scales, key=float)
+    if nscale not in sf.features:
+        raise ValueError(f"neighbour scale {nscale} um is not among the loaded scales {scales}")
+    n, S = sf.n_spots, len(scales)
+    own = np.stack([np.asarray(sf.features[s], np.float32) for s in scales], axis=1)
+    idx, _ = sf.neighbor_graph(k)
+    valid = idx >= 0
+    safe = np.clip(idx, 0, None)
+    nb = np.asarray(sf.features[nscale], np.float32)[safe] * valid[..., None]
+    cu = sf.coords_um
+    rel = np.zeros((n, S + k, 2), np.float32)
+    rel[:, S:] = np.where(valid[..., None], cu[safe] - cu[:, None, :], 0.0)
+    mask = np.zeros((n, S + k), bool)
+    mask[:, S:] = ~valid
+    token_type = np.concatenate([np.arange(S), np.full(k, S)]).astype(np.int64)
+    return {"X": np.concatenate([own, nb], axis=1), "rel_pos": rel, "mask": mask, "token_type": token_type}

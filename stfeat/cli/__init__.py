@@ -6,6 +6,8 @@ Commands live in one module each and register themselves on :data:`app`.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -16,6 +18,34 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML config: a section per command (extract:, fit:, ...) plus shared keys. "
+            "Precedence: command line > config > defaults. Examples in configs/.",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Spatial transcriptomics from H&E: extract cached foundation-model features, fit light heads."""
+    if config is not None:
+        from stfeat.config import apply_config
+        from stfeat.errors import StfeatError
+
+        try:
+            apply_config(ctx, config)
+        except StfeatError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+
 
 # Each module defines its commands with @app.command(); importing it registers them.
 _COMMAND_MODULES = ["info", "encoders", "extract", "fit", "predict", "demo", "run"]

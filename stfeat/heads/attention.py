@@ -1,0 +1,414 @@
+"""Many-to-one attention head (``attention``): a spot attends to its other scales and its neighbours.
+
+In the spirit of M2OST (Wang et al. 2024, many-to-one regression from multi-scale patches) and NH2ST
+(neighbour-aware hierarchical prediction): every spot is a small set of tokens, its own features
+at each field of view plus its spatial neighbours' features, and a query token for the spot
+gathers what it needs from them by attention.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from stfeat.heads._base import BaseHead, inner_split
+
+logger = logging.getLogger(__name__)
+
+
+def build_tokens(features: Mapping[str, np.ndarray] | Sequence[np.ndarray], coords_um: np.ndarray,
+                 neighbors: np.ndarray | None = None, *, neighbor_scales: Sequence[int] = (0,)
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Arrange one sample's cached features as attention tokens.
+
+    Parameters
+    ----------
+    features
+        Per-scale features of the sample's spots, ``{scale: (n, d)}`` in scale order (or a list);
+        all scales must share ``d``.
+    coords_um
+        Spot centres in micrometres, (n, 2) (level-0 px times um/px).
+    neighbors
+        (n, k) indices of each spot's spatial neighbours within the same sample (the FAISS graph
+        of the cache); -1 marks a missing neighbour. ``None`` = no neighbour tokens.
+    neighbor_scales
+        Which scales (positions in ``features``) to include for each neighbour.
+
+    Returns
+    -------
+    X : ndarray (n, T, d) float32
+        Tokens: the S own scales first, then for each neighbour its ``neighbor_scales``.
+    rel_pos : ndarray (n, T, 2) float32
+        Neighbour offset in um (0 for own tokens and missing neighbours).
+    token_type : ndarray (T,) int64
+        Own token at scale s -> s; neighbour token at scale s -> S + s.
+    token_mask : ndarray (n, T) bool
+        False for missing neighbours (their tokens are zeros).
+    """
+    feats = list(features.values()) if isinstance(features, Mapping) else list(features)
+    S = len(feats)
+    n, d = feats[0].shape
+    if any(f.shape != (n, d) for f in feats):
+        raise ValueError("all scales must have the same (n_spots, n_features) shape; got "
+                         f"{[f.shape for f in feats]}. Fix: use one encoder's cache for all scales.")
+    coords = np.asarray(coords_um, dtype=np.float64)
+    k = 0 if neighbors is None else neighbors.shape[1]
+    ns = list(neighbor_scales) if k else []
+    T = S + k * len(ns)
+    X = np.zeros((n, T, d), dtype=np.float32)
+    rel = np.zeros((n, T, 2), dtype=np.float32)
+    mask = np.ones((n, T), dtype=bool)
+    types = np.empty(T, dtype=np.int64)
+    for s in range(S):
+        X[:, s] = feats[s]
+        types[s] = s
+    t = S
+    for j in range(k):
+        nb = np.asarray(neighbors[:, j], dtype=np.int64)
+        ok = nb >= 0
+        safe = np.where(ok, nb, 0)
+        off = np.where(ok[:, None], coords[safe] - coords, 0.0)
+        for s in ns:
+            X[:, t] = np.where(ok[:, None], feats[s][safe], 0.0)
+            rel[:, t] = off
+            mask[:, t] = ok
+            types[t] = S + s
+            t += 1
+    return X, rel, types, mask
+
+
+def _make_net(d_in: int, n_types: int, d_model: int, n_heads: int, n_layers: int, d_out: int,
+              dropout: float, input_dropout: float, n_pos_freqs: int):
+    import torch
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+            self.norm1 = nn.LayerNorm(d_model)
+            self.ffn = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(),
+                                     nn.Dropout(dropout), nn.Linear(2 * d_model, d_model))
+            self.norm2 = nn.LayerNorm(d_model)
+            self.drop = nn.Dropout(dropout)
+
+        def forward(self, q, kv, pad):
+            a, _ = self.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)
+            q = self.norm1(q + self.drop(a))
+            return self.norm2(q + self.drop(self.ffn(q)))
+
+    class AttnNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_drop = nn.Dropout(input_dropout)
+            self.proj = nn.Linear(d_in, d_model)
+            self.type_emb = nn.Embedding(n_types, d_model)
+            self.register_buffer("freqs", (2.0 ** torch.arange(n_pos_freqs)) * torch.pi)
+            self.pos = nn.Sequential(nn.Linear(4 * n_pos_freqs, d_model), nn.GELU(),
+                                     nn.Linear(d_model, d_model))
+            self.norm_in = nn.LayerNorm(d_model)
+            self.blocks = nn.ModuleList([Block() for _ in range(n_layers)])
+            self.out = nn.Linear(d_model, d_out)
+            # the residual over the linear baseline starts at zero: epoch 0 = the baseline
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+        def forward(self, x, rel, types, valid):
+            ang = rel[..., None] * self.freqs  # (B, T, 2, F); rel already divided by pos scale
+            fourier = torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(2)
+            h = self.proj(self.in_drop(x)) + self.type_emb(types)[None] + self.pos(fourier)
+            h = self.norm_in(h)
+            q = h[:, :1]
+            for blk in self.blocks:
+                q = blk(q, h, ~valid)
+            return self.out(q[:, 0])
+
+    return AttnNet()
+
+
+class AttentionHead(BaseHead):
+    """Attention from a spot's query token to its multi-scale and neighbour tokens.
+
+    Input layout (see :func:`build_tokens`, which produces it from a cache): ``X`` (n, T, d) with
+    tokens ``0..S-1`` the spot itself at S scales and tokens ``S..`` its spatial neighbours;
+    ``rel_pos`` (n, T, 2) neighbour offsets in um (0 for own tokens); ``token_type`` (T,) ints
+    (own scale s -> s, neighbour at scale s -> S + s; any small ints work, each gets its own
+    embedding); ``token_mask`` (n, T) bool, False for a missing neighbour (tokens that are all NaN
+    are masked too). A plain (n, d) ``X`` is one token per spot.
+
+    Model: per-type standardisation of the features; input dropout; a shared linear projection to
+    ``d_model``; plus a token-type embedding and an MLP on Fourier features of the offset (in
+    units of ``pos_scale_um``); layer norm. The query, initialised from token 0, goes through
+    ``n_layers`` blocks of multi-head attention over all valid tokens (residual + layer norm,
+    then a feed-forward residual + layer norm) and a linear layer predicts every gene at once.
+
+    With ``baseline="ridge"`` (default), a :class:`~stfeat.heads.RidgeCVHead` on the spot's own
+    tokens (its S scales concatenated; grouped CV when ``groups`` are given) predicts first and
+    the network learns the residual; its output layer starts at zero, so training starts from the
+    ridge and early stopping keeps the ridge if attention does not help on validation. Loss: MSE
+    on standardised genes plus ``corr_weight`` x (1 - Pearson r). AdamW, early stopping on an
+    inner validation split (whole groups when given). CUDA when available, else CPU;
+    deterministic on CPU for a fixed ``random_state``.
+
+    Parameters
+    ----------
+    d_model, n_heads, n_layers
+        Width, attention heads, attention blocks.
+    dropout, input_dropout
+        Dropout in the blocks and on the input features.
+    lr, weight_decay, batch_size, max_epochs, patience
+        Optimiser and early stopping.
+    corr_weight
+        Weight of the (1 - Pearson r) loss term.
+    baseline
+        ``"ridge"`` or ``None`` (the network predicts the genes alone).
+    baseline_alphas
+        Penalty grid of the ridge baseline (``None`` = RidgeCVHead's default).
+    pos_scale_um
+        Offsets are divided by this before the Fourier features; ``None`` = the median
+        non-zero neighbour distance seen at fit.
+    n_pos_freqs
+        Number of Fourier frequencies (2^0..2^(F-1) times pi) per coordinate.
+    validation_fraction
+        Share of spots (or groups) held out for early stopping.
+    device, random_state
+        ``"auto"`` = CUDA when available; seed of split, initialisation, dropout and batch order.
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module (on CPU after fit); baseline_ : RidgeCVHead or None;
+    n_own_ : int (own tokens); token_type_ : ndarray (T,); best_epoch_ : int; history_ : list.
+    """
+
+    name = "attention"
+    _fitted_attr = "module_"
+
+    def __init__(self, d_model: int = 128, *, n_heads: int = 4, n_layers: int = 1,
+                 dropout: float = 0.2, input_dropout: float = 0.2, lr: float = 5e-4,
+                 weight_decay: float = 0.05, batch_size: int = 256, max_epochs: int = 100,
+                 patience: int = 10, corr_weight: float = 0.0, baseline: str | None = "ridge",
+                 baseline_alphas=None, pos_scale_um: float | None = None, n_pos_freqs: int = 4,
+                 validation_fraction: float = 0.15, device: str = "auto",
+                 random_state: int | None = 0):
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.dropout = dropout
+        self.input_dropout = input_dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.corr_weight = corr_weight
+        self.baseline = baseline
+        self.baseline_alphas = baseline_alphas
+        self.pos_scale_um = pos_scale_um
+        self.n_pos_freqs = n_pos_freqs
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ input handling
+    def _tokens(self, X, rel_pos, token_type, token_mask, fitting: bool):
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim == 2:
+            X = X[:, None, :]
+        if X.ndim != 3:
+            raise ValueError(f"X must be (n, d) features or (n, T, d) tokens; got shape {X.shape}.")
+        n, T, d = X.shape
+        nan_tok = np.isnan(X).all(axis=2)
+        mask = np.ones((n, T), bool) if token_mask is None else np.asarray(token_mask, bool).copy()
+        if mask.shape != (n, T):
+            raise ValueError(f"token_mask must be (n, T) = {(n, T)}; got {mask.shape}.")
+        mask &= ~nan_tok
+        if not mask[:, 0].all():
+            raise ValueError("token 0 (the spot itself) is missing or NaN for some spots. Fix: "
+                             "put each spot's own features first and drop spots without features.")
+        if np.isnan(X).any():
+            X = np.where(mask[..., None], np.nan_to_num(X), 0.0).astype(np.float32)
+        rel = np.zeros((n, T, 2), np.float32) if rel_pos is None else \
+            np.asarray(rel_pos, np.float32)
+        if rel.shape != (n, T, 2):
+            raise ValueError(f"rel_pos must be (n, T, 2) = {(n, T, 2)} offsets in um; got "
+                             f"{rel.shape}.")
+        rel = np.where(mask[..., None], rel, 0.0).astype(np.float32)
+        if fitting:
+            types = np.arange(T) if token_type is None else np.asarray(token_type, np.int64)
+            if types.shape != (T,) or types.min() < 0:
+                raise ValueError(f"token_type must be (T,) = ({T},) non-negative ints; got "
+                                 f"{np.asarray(token_type).shape}.")
+        else:
+            types = self.token_type_ if token_type is None else np.asarray(token_type, np.int64)
+            if T != len(self.token_type_) or not np.array_equal(types, self.token_type_):
+                raise ValueError(f"tokens ({T}, types {types.tolist()}) differ from fit "
+                                 f"({len(self.token_type_)}, types {self.token_type_.tolist()}). "
+                                 "Fix: build tokens with the same scales and neighbour count.")
+        return X, rel, types, mask
+
+    def _standardize(self, X, mask):
+        Xs = np.empty_like(X)
+        for t in range(X.shape[1]):
+            ty = self.token_type_[t]
+            Xs[:, t] = (X[:, t] - self.tok_mean_[ty]) / self.tok_scale_[ty]
+        Xs *= mask[..., None]
+        return Xs
+
+    def _own(self, X):
+        return X[:, :self.n_own_].reshape(len(X), -1)
+
+    # ------------------------------------------------------------------ fit / predict
+    def fit(self, X, Y, rel_pos=None, token_type=None, token_mask=None, groups=None
+            ) -> "AttentionHead":
+        """Train on tokens ``X`` (n, T, d) or features (n, d) and targets ``Y`` (n, g)."""
+        import torch
+
+        from stfeat.heads._torch import (pearson_loss, resolve_device, seeded, torch_seed,
+                                         train_early_stopping)
+        from stfeat.heads.linear import RidgeCVHead
+
+        if self.baseline not in ("ridge", None):
+            raise ValueError(f"baseline must be 'ridge' or None; got {self.baseline!r}.")
+        X, rel, types, mask = self._tokens(X, rel_pos, token_type, token_mask, fitting=True)
+        Y = np.asarray(Y, dtype=np.float64)
+        self._check_xy(X[:, 0], Y)  # n_features_in_, n_outputs_, 1-D handling
+        Y = Y.reshape(len(Y), -1)
+        n, T, d = X.shape
+        self.token_type_ = types
+        # own tokens: the leading run with zero offset everywhere
+        still = (np.abs(rel).sum(axis=2) == 0).all(axis=0) & mask.all(axis=0)
+        self.n_own_ = int(np.argmin(still)) if not still.all() else T
+        self.n_own_ = max(self.n_own_, 1)
+        nz = np.linalg.norm(rel[mask], axis=-1)
+        nz = nz[nz > 0]
+        self.pos_scale_ = float(self.pos_scale_um) if self.pos_scale_um else \
+            (float(np.median(nz)) if len(nz) else 1.0)
+        n_types = int(types.max()) + 1
+        self.tok_mean_ = np.zeros((n_types, d), np.float32)
+        self.tok_scale_ = np.ones((n_types, d), np.float32)
+        for ty in np.unique(types):
+            sel = X[:, types == ty][mask[:, types == ty]]
+            m = sel.mean(0, dtype=np.float64)
+            s = sel.std(0, dtype=np.float64)
+            self.tok_mean_[ty], self.tok_scale_[ty] = m, np.where(s > 1e-6, s, 1.0)
+
+        device = resolve_device(self.device)
+        seed = torch_seed(self.random_state)
+        tr, va = inner_split(n, self.validation_fraction, seed, groups)
+        self.y_mean_ = Y.mean(0)
+        self.y_scale_ = np.where(Y.std(0) > 1e-12, Y.std(0), 1.0)
+        Ys = (Y - self.y_mean_) / self.y_scale_
+        if self.baseline == "ridge":
+            own = self._own(X)
+            cv = None
+            if groups is not None and len(np.unique(np.asarray(groups)[tr])) >= 3:
+                cv = min(5, len(np.unique(np.asarray(groups)[tr])))
+            base = RidgeCVHead(self.baseline_alphas, cv=cv).fit(
+                own[tr], Y[tr], groups=None if cv is None else np.asarray(groups)[tr])
+            B = (base.predict(own) - self.y_mean_) / self.y_scale_
+        else:
+            base, B = None, np.zeros_like(Ys)
+        Xs = torch.from_numpy(self._standardize(X, mask))
+        relt = torch.from_numpy(rel / self.pos_scale_)
+        maskt = torch.from_numpy(mask)
+        Bt = torch.from_numpy(B.astype(np.float32))
+        Yt = torch.from_numpy(Ys.astype(np.float32))
+        typest = torch.from_numpy(types).to(device)
+        cw = float(self.corr_weight)
+
+        def loss_fn(pred, target):
+            loss = torch.nn.functional.mse_loss(pred, target)
+            return loss + cw * pearson_loss(pred, target) if cw > 0 else loss
+
+        def forward(m, x, r, v, b):
+            return b + m(x, r, typest, v)
+
+        trt, vat = torch.from_numpy(tr), torch.from_numpy(va)
+        with seeded(seed, device):
+            module = self._new_module(d, n_types).to(device)
+            info = train_early_stopping(
+                module, forward, [t[trt] for t in (Xs, relt, maskt, Bt, Yt)],
+                [t[vat] for t in (Xs, relt, maskt, Bt, Yt)], loss_fn=loss_fn, lr=self.lr,
+                weight_decay=self.weight_decay, batch_size=int(self.batch_size),
+                max_epochs=int(self.max_epochs), patience=int(self.patience), seed=seed,
+                device=device)
+        if base is not None:  # final baseline on all training spots, same penalty
+            base = RidgeCVHead([float(base.alpha_)]).fit(self._own(X), Y)
+        self.baseline_ = base
+        self.module_ = module.cpu().eval()
+        self.best_epoch_ = int(info["best_epoch"])
+        self.history_ = info["history"]
+        logger.info("attention: %d tokens (%d own), best epoch %d, validation loss %.4f "
+                    "(baseline only %.4f)", T, self.n_own_, self.best_epoch_,
+                    info["best_val_loss"], info["history"][0])
+        return self
+
+    def _new_module(self, d, n_types):
+        return _make_net(d, n_types, int(self.d_model), int(self.n_heads), int(self.n_layers),
+                         self.n_outputs_, float(self.dropout), float(self.input_dropout),
+                         int(self.n_pos_freqs))
+
+    def predict(self, X, rel_pos=None, token_type=None, token_mask=None) -> np.ndarray:
+        """Predict (n, g) from tokens (n, T, d) laid out as at fit (or features (n, d))."""
+        import torch
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "module_")
+        X, rel, types, mask = self._tokens(X, rel_pos, token_type, token_mask, fitting=False)
+        if X.shape[2] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[2]} features per token but the head was fitted with "
+                             f"{self.n_features_in_}. Fix: use the same encoder as at fit.")
+        base = np.zeros((len(X), self.n_outputs_)) if self.baseline_ is None else \
+            (self.baseline_.predict(self._own(X)).reshape(len(X), -1) - self.y_mean_) / self.y_scale_
+        typest = torch.from_numpy(self.token_type_)
+        out = []
+        self.module_.eval()
+        with torch.no_grad():
+            for i in range(0, len(X), 4096):
+                sl = slice(i, i + 4096)
+                xs = torch.from_numpy(self._standardize(X[sl], mask[sl]))
+                r = torch.from_numpy(rel[sl] / self.pos_scale_)
+                out.append(self.module_(xs, r, typest, torch.from_numpy(mask[sl])).double())
+        P = (base + torch.cat(out).numpy()) * self.y_scale_ + self.y_mean_
+        return self._format_out(P)
+
+    # ------------------------------------------------------------------ persistence
+    def _get_state(self):
+        from stfeat.heads._torch import state_to_arrays
+
+        meta = self._base_meta() | {"n_own_": self.n_own_, "pos_scale_": self.pos_scale_,
+                                    "best_epoch_": self.best_epoch_, "history_": self.history_,
+                                    "has_baseline": self.baseline_ is not None}
+        arrays = {"token_type_": self.token_type_, "tok_mean_": self.tok_mean_,
+                  "tok_scale_": self.tok_scale_, "y_mean_": self.y_mean_,
+                  "y_scale_": self.y_scale_} | state_to_arrays(self.module_)
+        if self.baseline_ is not None:
+            bmeta, barr, _ = self.baseline_._get_state()
+            meta["baseline_meta"] = bmeta
+            meta["baseline_params"] = self.baseline_.get_params()
+            arrays |= {"baseline." + k: v for k, v in barr.items()}
+        return meta, arrays, {}
+
+    def _set_state(self, meta, arrays, texts):
+        from stfeat.heads._torch import arrays_to_state
+        from stfeat.heads.linear import RidgeCVHead
+
+        self._set_base_meta(meta)
+        self.n_own_ = int(meta["n_own_"])
+        self.pos_scale_ = float(meta["pos_scale_"])
+        self.best_epoch_ = int(meta["best_epoch_"])
+        self.history_ = list(meta["history_"])
+        for key in ("token_type_", "tok_mean_", "tok_scale_", "y_mean_", "y_scale_"):
+            setattr(self, key, arrays[key])
+        self.baseline_ = None
+        if meta["has_baseline"]:
+            base = RidgeCVHead(**meta["baseline_params"])
+            base._set_state(meta["baseline_meta"], {k[len("baseline."):]: v for k, v in
+                                                    arrays.items() if k.startswith("baseline.")},
+                            {})
+            self.baseline_ = base
+        module = self._new_module(self.n_features_in_, len(self.tok_mean_))
+        module.load_state_dict(arrays_to_state(arrays))
+        self.module_ = module.eval()

@@ -1,0 +1,385 @@
+"""Linear heads: HEST-Benchmark's ridge probe (``hest-ridge``) and a fast cross-validated ridge (``ridge``)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from stfeat.heads._base import BaseHead, standardize_fit
+
+logger = logging.getLogger(__name__)
+
+
+class HestRidge(BaseHead):
+    """HEST-Benchmark's linear probe: StandardScaler -> PCA(256) -> Ridge without intercept.
+
+    Reproduces ``predict_single_split`` in mahmoodlab/HEST ``src/hest/bench/benchmark.py`` (the
+    ``if args.dimreduce == 'PCA'`` block: ``Pipeline([('scaler', StandardScaler()),
+    ('PCA', PCA(n_components=args.latent_dim, random_state=args.seed))])`` fitted on the training
+    embeddings, then both splits cast to float32 by ``torch.Tensor``) followed by ``train_test_reg``
+    in ``src/hest/bench/trainer.py`` (lines 11-19 at commit 0512f57: ``alpha = 100 /
+    (X_train.shape[1] * y_train.shape[1])``, ``Ridge(solver='lsqr', alpha=alpha,
+    random_state=random_state, fit_intercept=False, max_iter=1000)``), with the defaults of
+    HEST's ``BenchmarkConfig`` (``dimreduce="PCA"``, ``latent_dim=256``, ``seed=1``).
+    ``X_train.shape[1]`` there is the PCA dimension, so the default alpha is ``100 / (256 * n_genes)``.
+
+    Where we differ, on purpose:
+
+    * A user-given ``alpha`` is respected (HEST's ``train_test_reg`` overwrites its ``alpha``
+      argument); ``alpha=None`` (default) applies HEST's rule.
+    * ``n_components`` is capped at ``min(n_samples, n_features)`` when the training set is smaller
+      than 256 in either dimension (HEST would raise); ``n_components=None`` skips the scaler and
+      PCA, which is HEST's ``dimreduce=None`` mode (alpha then uses the raw feature count).
+    * The scaler statistics are computed by our own float64 code (the same formulas as
+      ``StandardScaler``, zero-variance columns get scale 1) because it is several times faster;
+      outputs agree with scikit-learn's to float32 rounding. PCA and Ridge are scikit-learn's own.
+
+    Note what HEST's protocol implies: without an intercept and with PCA scores centred on the
+    training data, predictions are centred near zero, so MSE/MAE are poor while Pearson r (HEST's
+    metric) is unaffected. Set ``fit_intercept=True`` for calibrated predictions. HEST's targets are
+    ``log1p`` of raw counts; stfeat's target transform is chosen by the caller.
+
+    Parameters
+    ----------
+    n_components
+        PCA dimension (HEST ``latent_dim``); ``None`` = no scaler and no PCA.
+    alpha
+        Ridge penalty; ``None`` = ``100 / (n_components_ * n_outputs)`` as in HEST.
+    fit_intercept, solver, max_iter
+        Passed to :class:`sklearn.linear_model.Ridge` (HEST: False, ``"lsqr"``, 1000).
+    svd_solver
+        Passed to :class:`sklearn.decomposition.PCA` (HEST: ``"auto"``).
+    random_state
+        Seed of PCA (randomized solver) and Ridge (HEST ``seed``, default 1).
+
+    Attributes
+    ----------
+    mean_, scale_ : ndarray (n_features,)
+        Scaler statistics (absent when ``n_components=None``).
+    pca_mean_ : ndarray (n_features,), components_ : ndarray (n_components_, n_features)
+        Fitted PCA.
+    coef_ : ndarray (n_outputs, n_components_), intercept_ : ndarray (n_outputs,)
+        Fitted ridge on the PCA scores.
+    alpha_ : float
+        The penalty used. n_components_ : int, the PCA dimension used.
+    """
+
+    name = "hest-ridge"
+    _fitted_attr = "coef_"
+
+    def __init__(self, n_components: int | None = 256, alpha: float | None = None, *,
+                 fit_intercept: bool = False, solver: str = "lsqr", max_iter: int = 1000,
+                 svd_solver: str = "auto", random_state: int | None = 1):
+        self.n_components = n_components
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+        self.solver = solver
+        self.max_iter = max_iter
+        self.svd_solver = svd_solver
+        self.random_state = random_state
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        if self.components_ is None:
+            return X
+        Z = ((X - self.mean_) / self.scale_).astype(np.float32)
+        C = self.components_
+        # as sklearn's PCA.transform: X @ C.T - mean @ C.T, then float32 (HEST's torch.Tensor)
+        return (Z @ C.T - (self.pca_mean_ @ C.T).astype(np.float32)).astype(np.float32)
+
+    def fit(self, X, Y) -> "HestRidge":
+        """Fit scaler and PCA on ``X`` (n, d), then the ridge on the PCA scores to ``Y`` (n, g)."""
+        from sklearn.decomposition import PCA
+        from sklearn.linear_model import Ridge
+
+        X, Y = self._check_xy(X, Y)
+        n, d = X.shape
+        if self.n_components is None:
+            self.mean_ = self.scale_ = self.pca_mean_ = self.components_ = None
+            T = X
+        else:
+            k = int(self.n_components)
+            if k < 1:
+                raise ValueError(f"n_components must be >= 1 or None; got {k}. Fix: use 256 (HEST).")
+            if k > min(n, d):
+                logger.info("hest-ridge: n_components=%d > min(n_samples=%d, n_features=%d); "
+                            "using %d", k, n, d, min(n, d))
+                k = min(n, d)
+            self.mean_, self.scale_ = standardize_fit(X)
+            Z = ((X - self.mean_) / self.scale_).astype(np.float32)
+            pca = PCA(n_components=k, svd_solver=self.svd_solver, random_state=self.random_state)
+            pca.fit(Z)
+            self.pca_mean_ = pca.mean_.astype(np.float32)
+            self.components_ = pca.components_.astype(np.float32)
+            self.explained_variance_ratio_ = pca.explained_variance_ratio_
+            T = self._scores(X)
+        self.n_components_ = int(T.shape[1])
+        g = Y.shape[1]
+        self.alpha_ = float(self.alpha) if self.alpha is not None else 100.0 / (T.shape[1] * g)
+        reg = Ridge(alpha=self.alpha_, solver=self.solver, fit_intercept=self.fit_intercept,
+                    max_iter=self.max_iter, random_state=self.random_state)
+        reg.fit(T, Y)
+        self.coef_ = np.atleast_2d(reg.coef_)
+        self.intercept_ = np.broadcast_to(np.asarray(reg.intercept_, dtype=np.float64), (g,)).copy()
+        logger.info("hest-ridge: %d spots, %d features -> %d PCs, alpha=%.3g", n, d,
+                    self.n_components_, self.alpha_)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """Predict (n, g) from features (n, d)."""
+        X = self._check_x(X)
+        T = self._scores(X)
+        P = T @ self.coef_.T.astype(T.dtype) + self.intercept_
+        return self._format_out(P)
+
+    def _get_state(self):
+        meta = self._base_meta() | {"alpha_": self.alpha_, "n_components_": self.n_components_}
+        arrays = {"coef_": self.coef_, "intercept_": self.intercept_}
+        if self.components_ is not None:
+            arrays |= {"mean_": self.mean_, "scale_": self.scale_, "pca_mean_": self.pca_mean_,
+                       "components_": self.components_}
+        return meta, arrays, {}
+
+    def _set_state(self, meta, arrays, texts):
+        self._set_base_meta(meta)
+        self.alpha_ = float(meta["alpha_"])
+        self.n_components_ = int(meta["n_components_"])
+        for key in ("mean_", "scale_", "pca_mean_", "components_"):
+            setattr(self, key, arrays.get(key))
+        self.coef_ = arrays["coef_"]
+        self.intercept_ = arrays["intercept_"]
+
+
+def _default_alphas(n: int) -> np.ndarray:
+    # penalties relative to the data size: on standardised features the mean eigenvalue of X^T X
+    # is n, so alpha = n * r spans from almost no shrinkage (r=1e-3) to very strong (r=1e4)
+    return n * np.logspace(-3, 4, 15)
+
+
+class RidgeCVHead(BaseHead):
+    """Standardise features, then multi-output ridge with the penalty chosen by cross-validation.
+
+    One symmetric eigendecomposition of the centred Gram matrix ``X^T X`` (or of ``X X^T`` when
+    there are fewer spots than features) serves every penalty and every gene, so the whole grid
+    costs little more than a single ridge fit. The default criterion is generalised
+    cross-validation (GCV, Golub et al. 1979), a rotation-invariant form of leave-one-out.
+    Neighbouring spots are near duplicates, so leave-one-spot-out tends to under-regularise for
+    new patients; pass ``groups`` (section or patient per spot) to ``fit`` with ``cv=k`` for a
+    grouped k-fold choice instead (one eigendecomposition per fold). Computations run in float32
+    through torch (MKL); coefficients are returned in float64.
+
+    Parameters
+    ----------
+    alphas
+        Candidate penalties for ``||Y - XW||^2 + alpha ||W||^2`` on standardised ``X``;
+        ``None`` = ``n_samples * logspace(-3, 4, 15)``.
+    alpha_per_target
+        Choose a penalty per gene (True) or one shared penalty minimising the mean of each gene's
+        variance-normalised error (False, default: more stable on small data).
+    cv
+        ``None`` = GCV; an int k = grouped k-fold over ``groups`` when given to ``fit``
+        (``GroupKFold``), else shuffled k-fold over spots.
+    standardize
+        Scale features to unit variance before the penalty (centring is always done).
+    random_state
+        Seed of the shuffled k-fold (only used when ``cv`` is an int and no groups are given).
+
+    Attributes
+    ----------
+    alpha_ : float or ndarray (n_outputs,)
+        Chosen penalty (per gene when ``alpha_per_target``).
+    cv_scores_ : ndarray (n_alphas, n_outputs)
+        Cross-validated MSE of every candidate, per gene, divided by the gene's variance.
+    alphas_ : ndarray
+        The candidate grid used.
+    coef_ : ndarray (n_outputs, n_features), intercept_ : ndarray (n_outputs,)
+        Coefficients on raw features: ``predict(X) = X @ coef_.T + intercept_``.
+    """
+
+    name = "ridge"
+    _fitted_attr = "coef_"
+
+    def __init__(self, alphas=None, *, alpha_per_target: bool = False, cv: int | None = None,
+                 standardize: bool = True, random_state: int | None = 0):
+        self.alphas = alphas
+        self.alpha_per_target = alpha_per_target
+        self.cv = cv
+        self.standardize = standardize
+        self.random_state = random_state
+
+    # -- linear algebra helpers (torch float32 on CPU; MKL's eigh is ~2x OpenBLAS's) ----------
+    @staticmethod
+    def _eig_primal(G):
+        import torch
+
+        s, V = torch.linalg.eigh(G)
+        return s.clamp_min(0), V
+
+    def _path_scores(self, s, Q, yy, n_eff, alphas, mode_resid_dual: bool):
+        """GCV score per (alpha, target): RSS/n / (1 - (df+1)/n)^2, normalised by variance."""
+        import torch
+
+        s64 = s.double()[:, None]
+        Q2 = (Q.double() ** 2)
+        out = np.empty((len(alphas), Q.shape[1]))
+        for i, a in enumerate(alphas):
+            if mode_resid_dual:
+                rss = (((a / (s64 + a)) ** 2) * Q2).sum(0)
+            else:
+                rss = yy - (((s64 + 2 * a) / (s64 + a) ** 2) * Q2).sum(0)
+            df = float((s64 / (s64 + a)).sum()) + 1.0
+            denom = max(1.0 - df / n_eff, 1e-6) ** 2
+            out[i] = (rss.clamp_min(0) / n_eff / denom).cpu().numpy()
+        return out
+
+    def fit(self, X, Y, groups=None) -> "RidgeCVHead":
+        """Fit to features ``X`` (n, d) and targets ``Y`` (n, g); ``groups`` (n,) for grouped CV."""
+        import torch
+
+        X, Y = self._check_xy(X, Y)
+        n, d = X.shape
+        alphas = np.asarray(_default_alphas(n) if self.alphas is None else self.alphas, float)
+        if alphas.ndim != 1 or len(alphas) == 0 or np.any(alphas <= 0):
+            raise ValueError(f"alphas must be a non-empty 1-D list of positive penalties; got "
+                             f"{self.alphas!r}. Fix: e.g. alphas=[1, 10, 100, 1000].")
+        self.alphas_ = alphas
+        if self.standardize:
+            mean, scale = standardize_fit(X)
+        else:
+            mean, scale = X.mean(0, dtype=np.float64), np.ones(d)
+        y_mean = Y.mean(0)
+        Xt = torch.from_numpy(((X - mean.astype(np.float32)) / scale.astype(np.float32))
+                              .astype(np.float32, copy=False))
+        Yc = Y - y_mean
+        Yt = torch.from_numpy(Yc.astype(np.float32))
+        var = np.maximum(Yc.var(0), 1e-12)
+
+        if self.cv is None:
+            scores, eig = self._fit_gcv(Xt, Yt, Yc, alphas)
+        else:
+            scores, eig = self._cv_scores(Xt, Yt, Y, alphas, groups), None
+        scores = scores / var
+        self.cv_scores_ = scores
+        if self.alpha_per_target:
+            best = scores.argmin(0)
+            self.alpha_ = alphas[best]
+        else:
+            best = np.full(Y.shape[1], scores.mean(1).argmin())
+            self.alpha_ = float(alphas[best[0]])
+        if len(alphas) > 1 and (np.any(best == 0) or np.any(best == len(alphas) - 1)):
+            logger.info("ridge: chosen alpha at the edge of the grid [%.3g, %.3g]; consider "
+                        "widening alphas", alphas[0], alphas[-1])
+        W = self._solve(Xt, Yt, alphas, best, eig)
+        coef_std = W.T  # (g, d) on standardised features
+        self.coef_ = coef_std / scale[None, :]
+        self.intercept_ = y_mean - self.coef_ @ mean
+        logger.info("ridge: %d spots x %d features -> %d genes, alpha=%s", n, d, Y.shape[1],
+                    np.array2string(np.atleast_1d(self.alpha_)[:5], precision=3))
+        return self
+
+    def _fit_gcv(self, Xt, Yt, Yc, alphas):
+        import torch
+
+        n, d = Xt.shape
+        if n >= d:
+            G = Xt.T @ Xt
+            s, V = self._eig_primal(G)
+            del G
+            C = Xt.T @ Yt
+            Q = V.T @ C
+            yy = torch.from_numpy((Yc ** 2).sum(0))
+            scores = self._path_scores(s, Q, yy, n, alphas, mode_resid_dual=False)
+            eig = ("primal", s, V, Q)
+        else:
+            K = Xt @ Xt.T
+            s, U = self._eig_primal(K)
+            del K
+            Q = U.T @ Yt
+            scores = self._path_scores(s, Q, None, n, alphas, mode_resid_dual=True)
+            eig = ("dual", s, U, Q)
+        return scores, eig
+
+    def _solve(self, Xt, Yt, alphas, best, eig) -> np.ndarray:
+        """Coefficients (d, g) on standardised features for the chosen alpha(s)."""
+        import torch
+
+        n, d = Xt.shape
+        W = np.empty((d, Yt.shape[1]))
+        if eig is not None:
+            kind, s, V, Q = eig
+            for b in np.unique(best):
+                cols = np.flatnonzero(best == b)
+                a = float(alphas[b])
+                if kind == "primal":
+                    Wb = V @ (Q[:, cols] / (s[:, None] + a))
+                else:  # W = X^T U diag(1/(s+a)) U^T Y
+                    Wb = Xt.T @ (V @ (Q[:, cols] / (s[:, None] + a)))
+                W[:, cols] = Wb.double().numpy()
+            return W
+        G = (Xt.T @ Xt).double()
+        C = (Xt.T @ Yt).double()
+        eye = torch.eye(d, dtype=torch.float64)
+        for b in np.unique(best):
+            cols = np.flatnonzero(best == b)
+            L = torch.linalg.cholesky(G + float(alphas[b]) * eye)
+            W[:, cols] = torch.cholesky_solve(C[:, cols], L).numpy()
+        return W
+
+    def _cv_scores(self, Xt, Yt, Y, alphas, groups) -> np.ndarray:
+        """Mean squared error of every alpha on k held-out folds (grouped when groups given)."""
+        import torch
+        from sklearn.model_selection import GroupKFold, KFold
+
+        n, d = Xt.shape
+        k = int(self.cv)
+        if groups is not None:
+            groups = np.asarray(groups)
+            n_groups = len(np.unique(groups))
+            if n_groups < 2:
+                raise ValueError(f"grouped CV needs at least 2 groups; got {n_groups}. Fix: pass "
+                                 "section or patient labels, or use cv=None (GCV).")
+            splits = GroupKFold(n_splits=min(k, n_groups)).split(np.zeros(n), groups=groups)
+        else:
+            splits = KFold(n_splits=k, shuffle=True, random_state=self.random_state).split(
+                np.zeros(n))
+        sse = np.zeros((len(alphas), Y.shape[1]))
+        for tr, te in splits:
+            tr_t, te_t = torch.from_numpy(tr), torch.from_numpy(te)
+            Xtr, Ytr = Xt[tr_t], Yt[tr_t]
+            mx, my = Xtr.mean(0), Ytr.mean(0)
+            Xtr = Xtr - mx
+            Ytr = Ytr - my
+            Xte = Xt[te_t] - mx
+            Yte = (Yt[te_t] - my).double()
+            if len(tr) >= d:
+                s, V = self._eig_primal(Xtr.T @ Xtr)
+                Q = V.T @ (Xtr.T @ Ytr)
+                P = Xte @ V
+            else:
+                s, U = self._eig_primal(Xtr @ Xtr.T)
+                Q = U.T @ Ytr
+                P = Xte @ (Xtr.T @ U)
+            for i, a in enumerate(alphas):
+                pred = (P @ (Q / (s[:, None] + float(a)))).double()
+                sse[i] += ((Yte - pred) ** 2).sum(0).numpy()
+        return sse / n
+
+    def predict(self, X) -> np.ndarray:
+        """Predict (n, g) from features (n, d)."""
+        X = self._check_x(X)
+        P = X @ self.coef_.T.astype(np.float32) + self.intercept_
+        return self._format_out(P)
+
+    def _get_state(self):
+        meta = self._base_meta() | {"alpha_": np.atleast_1d(self.alpha_).tolist(),
+                                    "alpha_scalar": np.isscalar(self.alpha_)}
+        arrays = {"coef_": self.coef_, "intercept_": self.intercept_, "alphas_": self.alphas_,
+                  "cv_scores_": self.cv_scores_}
+        return meta, arrays, {}
+
+    def _set_state(self, meta, arrays, texts):
+        self._set_base_meta(meta)
+        a = np.asarray(meta["alpha_"], float)
+        self.alpha_ = float(a[0]) if meta["alpha_scalar"] else a
+        for key in ("coef_", "intercept_", "alphas_", "cv_scores_"):
+            setattr(self, key, arrays[key])

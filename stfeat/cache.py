@@ -60,10 +60,17 @@ def scale_name(um: float) -> str:
 def encoder_tag(name: str) -> str:
     """Folder name for an encoder: its name made filesystem-safe.
 
-    ``"UNI"`` -> ``"uni"``, ``"timm:densenet121"`` -> ``"timm-densenet121"``,
+    Registry aliases map to the canonical name (``"UNI"`` -> ``"uni"``), ``"timm:densenet121"`` -> ``"timm-densenet121"``,
     ``"hf-hub:MahmoodLab/UNI"`` -> ``"hf-hub-mahmoodlab-uni"``, a weights path -> its file stem.
     """
     s = str(name)
+    if not s.startswith(("hf-hub:", "timm:")) and "/" not in s and os.sep not in s:
+        try:  # an alias ("UNI", "uni_v1") and its canonical name share one folder
+            from stfeat.encoders.base import get_spec
+
+            s = get_spec(s).name
+        except (KeyError, ImportError, AttributeError):
+            pass
     if ("/" in s or os.sep in s) and not s.startswith(("hf-hub:", "timm:")):
         s = Path(s).name
         for suf in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):

@@ -141,11 +141,24 @@ def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = N
         spec = get_spec(name)
     except (KeyError, ImportError, AttributeError):
         spec = None
+    try:  # the encoders package's own fingerprint, so cache and Encoder.weights_id agree
+        from stfeat.encoders._weights import find_local_weights, resolve_weights_file, weights_id
+    except ImportError:  # pragma: no cover - encoders package without these helpers
+        find_local_weights = None
+        resolve_weights_file = Path
+        weights_id = None
+    if weights is None and pretrained and spec is not None and find_local_weights is not None \
+            and getattr(spec, "family", "") != "classical":
+        hub_base = spec.hub_id.rsplit("/", 1)[-1] if spec.hub_id else ""
+        from stfeat.encoders.base import aliases_of
+
+        weights = find_local_weights([spec.name, *aliases_of(spec.name), hub_base])
     if weights is not None:
-        wp = Path(weights)
-        if not wp.is_file():
+        wp = Path(weights).expanduser()
+        if not wp.exists():
             raise InputError(wp, "the weights file does not exist.", "check the --weights path.")
-        wid = "sha256:" + _sha256_file(wp, memo_dir)
+        wp = resolve_weights_file(wp)
+        wid = weights_id(wp) if weights_id is not None else "sha256:" + _sha256_file(wp, memo_dir)
     elif pretrained:
         wid = f"pretrained:{getattr(spec, 'hub_id', None) or name}"
     else:

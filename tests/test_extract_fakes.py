@@ -91,7 +91,7 @@ def fake_sample(n: int = 40, seed: int = 0, sample_id: str = "S1", patient: str 
     rng = np.random.default_rng(seed)
     h, w = img.shape[:2]
     side = int(np.ceil(np.sqrt(n)))
-    gx, gy = np.meshgrid(np.linspace(20, w - 20, side), np.linspace(20, h - 20, side))
+    gx, gy = np.meshgrid(np.linspace(30, w - 30, side), np.linspace(30, h - 30, side))
     coords = np.stack([gx.ravel(), gy.ravel()], 1)[:n] + rng.normal(0, 2, (n, 2))
     a = ad.AnnData(sp.csr_matrix(np.zeros((n, 3), np.float32)))
     a.obs_names = [f"{sample_id}_spot{i:03d}" for i in range(n)]

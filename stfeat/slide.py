@@ -223,11 +223,12 @@ class _TiffBackend:
                 import tiffslide
 
                 self.osr = tiffslide.TiffSlide(str(path))
+            # metadata is parsed lazily: touch it now so a damaged file fails here, naming the file
+            self.size = tuple(int(v) for v in self.osr.dimensions)
+            self.level_dimensions = [tuple(int(v) for v in d) for d in self.osr.level_dimensions]
+            self.level_downsamples = [float(d) for d in self.osr.level_downsamples]
         except Exception as exc:  # noqa: BLE001 - each backend raises its own types for bad files
             raise _corrupt(path, exc) from None
-        self.size = tuple(int(v) for v in self.osr.dimensions)
-        self.level_dimensions = [tuple(int(v) for v in d) for d in self.osr.level_dimensions]
-        self.level_downsamples = [float(d) for d in self.osr.level_downsamples]
 
     def mpp(self) -> tuple[float | None, str | None]:
         props = self.osr.properties

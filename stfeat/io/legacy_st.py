@@ -225,7 +225,7 @@ def read_legacy_st(
         if not np.isfinite(um):
             raise C.no_um_error(counts_path, "too few spots to measure the 200 um lattice")  # type: ignore[arg-type]
         src = C.estimated_source("legacy ST", K.LEGACY_ST_PITCH_UM, nn)
-    if loc["patient_note"] and patient is None:
+    if loc["patient_note"] and (patient is None or patient == loc["patient"]):
         notes.note(str(loc["patient_note"]))
     return C.build_sample(
         X=X, barcodes=ids, genes=genes, coords=coords, slide=slide,

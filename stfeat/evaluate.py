@@ -80,7 +80,8 @@ def assert_disjoint(folds: Sequence[Fold], groups: dict[str, str]) -> None:
             raise LeakageError(f"fold {f.name} has an empty train or test side")
 
 
-def _parse_mode(split: str) -> tuple[str, int | None]:
+def parse_split(split: str) -> tuple[str, int | None]:
+    """(mode, k) of a split spec; ValueError naming the valid forms."""
     mode, _, arg = str(split).strip().lower().partition(":")
     if mode not in SPLIT_MODES:
         raise ValueError(f"unknown split {split!r}; choose auto, lopo, group-kfold:K or loso")
@@ -119,7 +120,7 @@ def make_splits(sample_ids: Sequence[str], patients: Sequence[str | None], split
         raise ValueError(f"duplicated sample ids: {sorted({s for s in sample_ids if sample_ids.count(s) > 1})}")
     if len(sample_ids) < 2:
         raise ValueError("evaluation needs at least two samples (one to train on, one to test on)")
-    mode, k = _parse_mode(split)
+    mode, k = parse_split(split)
     known = [p for p in patients if p not in (None, "")]
     notes: list[str] = []
     if known and len(known) < len(sample_ids):

@@ -99,3 +99,26 @@ def toy_dataset(cache_dir: Path, layout=(("A", 2), ("B", 2), ("C", 1)), *, encod
             write_toy_cache(cache_dir, s, z, encoder=encoder, seed=len(samples))
             samples.append(s)
     return samples
+
+
+def write_toy_disk(root: Path, samples) -> Path:
+    """Write samples as .h5ad + PNG H&E-like image + manifest.csv (read back by stfeat.io); returns the manifest."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["sample_id,patient,path,image,um_per_px"]
+    for k, s in enumerate(samples):
+        a = s.adata.copy()
+        a.uns = {}
+        a.write_h5ad(root / f"{s.sample_id}.h5ad")
+        # pink tissue disc on white glass, with a texture that differs per sample
+        h = w = 2200
+        yy, xx = np.mgrid[0:h, 0:w]
+        tissue = (xx - 1100) ** 2 + (yy - 1100) ** 2 < 1000**2
+        rgb = np.full((h, w, 3), 245, np.uint8)
+        shade = (40 * np.sin(xx / (37 + 5 * k)) * np.cos(yy / 53)).astype(np.int16)
+        rgb[tissue] = np.clip(np.array([200, 120, 170]) + shade[tissue, None], 0, 255).astype(np.uint8)
+        Image.fromarray(rgb).save(root / f"{s.sample_id}.png")
+        rows.append(f"{s.sample_id},{s.patient or ''},{s.sample_id}.h5ad,{s.sample_id}.png,{UM_PER_PX}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root / "manifest.csv"

@@ -116,3 +116,10 @@ def test_info_on_a_feature_cache_uses_describe_cache(tmp_path):
     r = _info(p)
     assert r.exit_code == 0, r.output
     assert r.output.strip() == cache.describe_cache(p).strip()
+
+
+def test_info_folder_with_one_unreadable_sample_reports_it_and_goes_on(shared_data):
+    r = _info(shared_data / "fixtures")
+    assert r.exit_code == 1
+    assert r.output.count("format      ") == 3  # MOB1, squidpy_visium, visium_spaceranger_v1
+    assert "sample      NCBI858\nerror" in r.output and "1 of 4 samples could not be read" in r.output

@@ -68,13 +68,27 @@ def info(
         refs = [r for r in refs if r.sample_id == sample_id] or _no_such(path, sample_id, refs)
     if image is not None and len(refs) > 1:
         raise typer.BadParameter("--image applies to one sample; pick it with --sample-id.")
+    from stfeat.errors import StfeatError
+
+    failed = 0
     for i, ref in enumerate(refs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # they are printed in the block (uns["stfeat"]["warnings"])
-            sample = ref.load()
         if i:
             typer.echo("")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # they are printed in the block (uns["stfeat"]["warnings"])
+                sample = ref.load()
+        except StfeatError as exc:
+            if len(refs) == 1:
+                raise
+            failed += 1  # one bad sample of many: say so in its block and go on with the others
+            typer.echo(f"sample      {ref.sample_id}")
+            typer.secho(f"error       {exc}", fg=typer.colors.RED)
+            continue
         typer.echo(describe_sample(sample))
+    if failed:
+        typer.secho(f"error: {failed} of {len(refs)} samples could not be read (see above).", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 def _no_such(path: Path, sample_id: str, refs: list) -> list:

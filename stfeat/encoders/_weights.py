@@ -237,7 +237,7 @@ def weights_id(path: str | Path | None) -> str:
 def find_local_weights(names: Iterable[str]) -> Path | None:
     """First match of ``$STFEAT_WEIGHTS_DIR/<name>`` (a folder, or ``<name><suffix>``) for ``names``.
 
-    Names are tried as given and lower-cased, so ``uni``, ``UNI2-h`` or a hub repo's base name all work.
+    Matching ignores case, so ``uni2-h``, ``UNI2-h`` or a hub repo's base name all work.
     """
     root = os.environ.get("STFEAT_WEIGHTS_DIR")
     if not root:
@@ -245,17 +245,19 @@ def find_local_weights(names: Iterable[str]) -> Path | None:
     base = Path(root).expanduser()
     if not base.is_dir():
         raise InputError(base, "STFEAT_WEIGHTS_DIR is not a folder.", "point it at a folder of per-encoder weights.")
-    seen: list[str] = []
+    wanted: list[str] = []
     for n in names:
-        for cand in (n, n.lower()):
-            if cand and cand not in seen:
-                seen.append(cand)
-    for n in seen:
-        d = base / n
-        if d.is_dir():
+        if n and n.lower() not in wanted:
+            wanted.append(n.lower())
+    entries: dict[str, Path] = {}
+    for e in sorted(base.iterdir()):  # case-insensitive: "UNI2-h/" serves "uni2-h"
+        entries.setdefault(e.name.lower(), e)
+    for n in wanted:
+        d = entries.get(n)
+        if d is not None and d.is_dir():
             return resolve_weights_file(d)
         for suf in WEIGHT_SUFFIXES:
-            f = base / f"{n}{suf}"
-            if f.is_file():
+            f = entries.get(f"{n}{suf}")
+            if f is not None and f.is_file():
                 return f
     return None

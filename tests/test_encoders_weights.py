@@ -173,12 +173,17 @@ def test_uni_hub_file_order(tmp_path, monkeypatch):
     assert calls == [("MahmoodLab/UNI", "pytorch_model.bin"), ("MahmoodLab/UNI", "model.safetensors")]
 
 
-def test_gated_error_says_what_to_do(monkeypatch):
+@pytest.mark.parametrize("kind", ["gated", "401", "no-token"])
+def test_gated_error_says_what_to_do(monkeypatch, kind):
     import huggingface_hub
-    from huggingface_hub.errors import GatedRepoError
+    from huggingface_hub import errors
 
     def fake_download(repo_id, filename, **kw):
-        raise GatedRepoError("403 Client Error: access to model is restricted", response=_http_response(403))
+        if kind == "gated":
+            raise errors.GatedRepoError("403 Client Error: access to model is restricted", response=_http_response(403))
+        if kind == "401":
+            raise errors.RepositoryNotFoundError("401 Client Error", response=_http_response(401))
+        raise errors.LocalTokenNotFoundError("Token is required but no token found")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     with pytest.raises(HubAccessError) as ei:

@@ -83,6 +83,7 @@ def hub_download(repo_id: str, filenames: Sequence[str], *, name: str, gated: bo
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
+        LocalTokenNotFoundError,
         RepositoryNotFoundError,
     )
 
@@ -112,6 +113,8 @@ def hub_download(repo_id: str, filenames: Sequence[str], *, name: str, gated: bo
             continue
         except _RemoteMissing:
             continue
+        except LocalTokenNotFoundError:
+            raise HubAccessError(None, f"{name}: {repo_id} needs a Hugging Face token and none is set.", fix) from None
         except HfHubHTTPError as exc:
             raise HubAccessError(None, f"{name}: download of {repo_id}/{fn} failed ({_status(exc)}).", fix) from None
         except OSError as exc:  # network unreachable, DNS, proxies

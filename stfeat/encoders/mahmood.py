@@ -206,9 +206,9 @@ def _conch_v1(spec: EncoderSpec, weights: Path | None, *, pretrained: bool = Tru
     path = weights_path_for(spec, weights, pretrained=pretrained, tiny=tiny, hub_files=("pytorch_model.bin",))
     cfg = json.loads((Path(factory.CFG_DIR) / f"{spec.arch}.json").read_text())
     cfg.pop("custom_text", None)
-    if tiny:  # same tower type, one block, narrow
-        cfg["vision_cfg"].update({"layers": 1, "width": 64})
-        cfg["text_cfg"].update({"layers": 1, "width": 64, "heads": 2})
+    if tiny:  # same towers and widths, one block each
+        for part in ("vision_cfg", "text_cfg", "multimodal_cfg"):
+            cfg[part]["layers"] = 1
     coca = coca_model.CoCa(**cfg)
     if path is not None:
         def _filter(sd: dict, model: Any) -> dict:

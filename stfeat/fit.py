@@ -168,28 +168,40 @@ def model_inputs(fs, ids: Sequence[str], layout: dict) -> dict[str, Any]:
     return {"X": fs.flat(ids, neighbor_mean=layout["neighbor_mean"], k=layout["k_neighbors"])}
 
 
+def _optional_kwargs(method, inputs: dict) -> dict:
+    """The optional inputs (rel_pos, token_type, padding mask) that ``method`` accepts, by name.
+
+    The padding mask is True at padding here; heads taking ``token_mask`` get its inverse (True = valid
+    token, the attention head's convention), heads taking ``mask``/``padding_mask`` get it as is.
+    """
+    import inspect
+
+    try:
+        accepted = set(inspect.signature(method).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+    kwargs = {k: v for k, v in inputs.items() if k not in ("X", "mask") and k in accepted}
+    if "mask" in inputs:
+        if "token_mask" in accepted:
+            kwargs["token_mask"] = ~inputs["mask"]
+        elif "mask" in accepted:
+            kwargs["mask"] = inputs["mask"]
+        elif "padding_mask" in accepted:
+            kwargs["padding_mask"] = inputs["mask"]
+    return kwargs
+
+
 def fit_estimator(est, inputs: dict, Y: np.ndarray, groups: np.ndarray | None):
-    """``est.fit(X, Y, **optional inputs it accepts)`` (rel_pos, token_type, mask, groups)."""
-    accepted = _signature_params(est)
-    kwargs = {k: v for k, v in inputs.items() if k != "X" and k in accepted}
-    if "mask" in inputs and "mask" not in accepted and "padding_mask" in accepted:
-        kwargs["padding_mask"] = inputs["mask"]
-    if groups is not None and "groups" in accepted:
+    """``est.fit(X, Y, **optional inputs it accepts)``; ``groups`` (for grouped inner validation) too."""
+    kwargs = _optional_kwargs(est.fit, inputs)
+    if groups is not None and "groups" in _signature_params(est):
         kwargs["groups"] = groups
     return est.fit(inputs["X"], Y, **kwargs)
 
 
 def predict_estimator(est, inputs: dict) -> np.ndarray:
-    import inspect
-
-    try:
-        accepted = set(inspect.signature(est.predict).parameters)
-    except (TypeError, ValueError):
-        accepted = set()
-    kwargs = {k: v for k, v in inputs.items() if k != "X" and k in accepted}
-    if "mask" in inputs and "mask" not in accepted and "padding_mask" in accepted:
-        kwargs["padding_mask"] = inputs["mask"]
-    P = np.asarray(est.predict(inputs["X"], **kwargs), dtype=np.float32)
+    """``est.predict(X, **optional inputs it accepts)`` as float32 (n, g)."""
+    P = np.asarray(est.predict(inputs["X"], **_optional_kwargs(est.predict, inputs)), dtype=np.float32)
     return P.reshape(len(P), -1)
 
 

@@ -121,8 +121,10 @@ def tissue_grid(sample: Any, step_um: float, *, max_points: int = 500_000) -> tu
     if n_pts > max_points * 4:
         raise ValueError(f"a {step_um:g} um grid over a {W}x{H} px slide is about {n_pts:.0f} points; use a "
                          f"larger step")
-    xs = np.arange(step_px / 2, W, step_px)
-    ys = np.arange(step_px / 2, H, step_px)
+    # anchored on a measured spot, so a step that divides the spot pitch passes through the spot centres
+    x0, y0 = (np.mod(spots[0], step_px) if len(spots) else (step_px / 2, step_px / 2))
+    xs = np.arange(x0, W, step_px)
+    ys = np.arange(y0, H, step_px)
     gx, gy = np.meshgrid(xs, ys)
     pts = np.c_[gx.ravel(), gy.ravel()]
     # the region of the measured spots, dilated by two pitches: fallback and sanity bound

@@ -112,13 +112,15 @@ def write_toy_disk(root: Path, samples) -> Path:
         a.uns = {}
         a.write_h5ad(root / f"{s.sample_id}.h5ad")
         # pink tissue disc on white glass, with a texture that differs per sample
-        h = w = 2200
-        yy, xx = np.mgrid[0:h, 0:w]
-        tissue = (xx - 1100) ** 2 + (yy - 1100) ** 2 < 1000**2
+        h = w = int(s.coords.max() + 400)
+        c = h / 2
+        y, x = np.arange(h)[:, None], np.arange(w)[None, :]
+        tissue = (x - c) ** 2 + (y - c) ** 2 < (0.45 * h) ** 2
+        shade = (40 * np.sin(x / (37 + 5 * k)) * np.cos(y / 53)).astype(np.int16)
         rgb = np.full((h, w, 3), 245, np.uint8)
-        shade = (40 * np.sin(xx / (37 + 5 * k)) * np.cos(yy / 53)).astype(np.int16)
-        rgb[tissue] = np.clip(np.array([200, 120, 170]) + shade[tissue, None], 0, 255).astype(np.uint8)
-        Image.fromarray(rgb).save(root / f"{s.sample_id}.png")
-        rows.append(f"{s.sample_id},{s.patient or ''},{s.sample_id}.h5ad,{s.sample_id}.png,{UM_PER_PX}")
+        for ch, base in enumerate((200, 120, 170)):
+            rgb[..., ch] = np.where(tissue, np.clip(base + shade, 0, 255), 245)
+        Image.fromarray(rgb).save(root / f"{s.sample_id}.jpg", quality=90)
+        rows.append(f"{s.sample_id},{s.patient or ''},{s.sample_id}.h5ad,{s.sample_id}.jpg,{UM_PER_PX}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root / "manifest.csv"

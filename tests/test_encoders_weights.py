@@ -246,3 +246,58 @@ def test_generic_timm_hub_and_local_folder(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="architecture of this weights file is unknown"):
         create_encoder(_save_safetensors(sd, tmp_path / "lonely.safetensors"))
     assert create_encoder(tmp_path / "lonely.safetensors", arch="resnet18").spec.embed_dim == 512
+
+
+def test_ctranspath_original_checkpoint_layout(tmp_path):
+    """A TransPath-style checkpoint ({'model': ...}, downsample at the END of stages, attn_mask and
+    relative_position_index buffers, a head) maps onto timm's Swin layout with strict keys."""
+    import re
+
+    torch.manual_seed(7)
+    ref = create_encoder("ctranspath", tiny=True)
+    legacy = {}
+    for k, v in ref.model.state_dict().items():
+        k = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
+        legacy[k] = v.clone()
+    legacy["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
+    legacy["layers.0.blocks.1.attn_mask"] = torch.zeros(4, 49, 49)
+    legacy["head.weight"] = torch.zeros(5, 192)
+    legacy["head.bias"] = torch.zeros(5)
+    torch.save({"model": legacy}, tmp_path / "ctranspath.pth")
+    enc = create_encoder("ctranspath", weights=tmp_path / "ctranspath.pth", tiny=True)
+    torch.testing.assert_close(enc(X), ref(X))
+    assert enc(X).shape == (2, 192)  # Swin width x 8 (768 at full size)
+
+
+def test_conch_v15_pos_embed_is_resampled(tmp_path):
+    torch.manual_seed(8)
+    sd = _tiny_state("conch-v1.5")
+    assert sd["trunk.pos_embed"].shape == (1, 1 + 28 * 28, 48)  # 448 px / 16
+    sd["trunk.pos_embed"] = torch.randn(1, 1 + 14 * 14, 48)  # a 224 px grid in the file
+    f = _save_safetensors(sd, tmp_path / "pytorch_model_vision.safetensors")
+    enc = create_encoder("conch-v1.5", weights=f, tiny=True)
+    x = torch.randint(0, 256, (2, 448, 448, 3), dtype=torch.uint8)
+    assert enc(x).shape == (2, 32)
+
+
+def test_transformers_snapshot_folder(tmp_path):
+    """An offline Hugging Face snapshot (config.json + model.safetensors) of a DINOv2 model loads strictly;
+    the folder's config decides the sizes."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=224,
+                                    patch_size=16)
+    torch.manual_seed(9)
+    model = transformers.Dinov2Model(cfg)
+    snap = tmp_path / "phikon-v2"
+    snap.mkdir()
+    cfg.to_json_file(str(snap / "config.json"))
+    _save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, snap / "model.safetensors")
+    enc = create_encoder("phikon-v2", weights=snap)
+    with torch.no_grad():
+        ref = model(pixel_values=enc.preprocess(X)).last_hidden_state[:, 0]
+    out = enc.model(enc.preprocess(X))
+    torch.testing.assert_close(out, ref)
+    bad = {k: v.contiguous() for k, v in model.state_dict().items() if "layernorm" not in k}
+    _save_safetensors(bad, snap / "model.safetensors")
+    with pytest.raises(InputError, match=r"missing keys \(layernorm"):
+        create_encoder("phikon-v2", weights=snap)

@@ -142,16 +142,20 @@ class SampleFeatures:
         barcodes = np.asarray(barcodes).astype(str)
         if len(barcodes) == len(self.barcodes) and np.array_equal(barcodes, self.barcodes):
             return self
-        pos = {b: i for i, b in enumerate(self.barcodes)}
-        missing = [b for b in barcodes if b not in pos]
-        extra = len(set(self.barcodes) - set(barcodes))
-        if missing or extra or len(barcodes) != len(self.barcodes):
+        mine = np.asarray(self.barcodes).astype(str)
+        sorter = np.argsort(mine, kind="stable")
+        at = np.clip(np.searchsorted(mine, barcodes, sorter=sorter), 0, max(len(mine) - 1, 0))
+        order = sorter[at] if len(mine) else np.zeros(0, np.int64)
+        found = (mine[order] == barcodes) if len(mine) else np.zeros(len(barcodes), bool)
+        if not found.all() or len(barcodes) != len(mine) or len(np.unique(order)) != len(order):
+            missing = list(barcodes[~found])
+            extra = len(set(mine.tolist()) - set(barcodes.tolist()))
             raise InputError(
                 self.source,
                 f"its spots do not match the sample's ({sample_path}): {len(missing)} sample barcodes are not in "
                 f"the cache (e.g. {missing[:3]}), {extra} cached barcodes are not in the sample.",
                 f"re-extract with `stfeat extract {sample_path or 'SAMPLE'} ... --overwrite` so cache and sample agree.")
-        order = np.array([pos[b] for b in barcodes], dtype=np.int64)
+        order = order.astype(np.int64)
         inv = np.empty_like(order)
         inv[order] = np.arange(len(order))
         nb = None
@@ -262,9 +266,11 @@ def flat_features(sf: SampleFeatures, scales: Sequence[str], *, neighbor_mean: b
         return X
     idx, _ = sf.neighbor_graph(k)
     valid = idx >= 0
-    nb = X[np.clip(idx, 0, None)] * valid[..., None]
-    cnt = np.maximum(valid.sum(axis=1, keepdims=True), 1)
-    return np.concatenate([X, (nb.sum(axis=1) / cnt).astype(np.float32)], axis=1)
+    acc = np.zeros_like(X)
+    for j in range(idx.shape[1]):  # one neighbour at a time: memory O(n * D), not O(n * k * D)
+        acc += X[np.clip(idx[:, j], 0, None)] * valid[:, j, None]
+    acc /= np.maximum(valid.sum(axis=1, keepdims=True), 1)
+    return np.concatenate([X, acc], axis=1)
 
 
 def token_features(sf: SampleFeatures, scales: Sequence[str], *, k: int = 8,

@@ -734,7 +734,7 @@ def extract(
 
     def report(r: SampleResult) -> None:
         results.append(r)
-        log.info(r.line())
+        log.debug(r.line())
         if on_sample is not None:
             on_sample(r)
 

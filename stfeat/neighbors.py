@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def _faiss_index(dim: int, *, metric: str = "l2", use_gpu: bool | None = None):
+    # faiss logs every CPU-feature probe at INFO on import; keep that out of the user's console
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     import faiss
 
     index = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)

@@ -33,6 +33,7 @@ def test_fit_cli_several_heads_one_table(tmp_path):
     assert man["layout"]["kind"] == "tokens" and man["head_format"] == "stfeat-head"
     assert (tmp_path / "out" / "models" / "toy__attention" / "head").is_dir()
     assert not (tmp_path / "out" / "plots").exists()
+    assert (tmp_path / "out" / "resolved_config.yaml").exists()
 
 
 def test_fit_cli_user_errors_are_one_line(tmp_path):

@@ -132,6 +132,9 @@ def fit_cmd(
             raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+    from stfeat.config import save_resolved_config
+
+    save_resolved_config(None, out)  # rerun with `stfeat --config OUT/resolved_config.yaml fit`
     for note in res.notes:
         typer.secho(f"NOTE: {note}", fg=typer.colors.YELLOW, err=True)
     split_info = res.metrics["split"]

@@ -228,14 +228,16 @@ def _blocks(n: int, batch_size: int) -> list[tuple[int, int]]:
 def _resolve_device(device: str | None) -> str:
     import torch
 
+    local = os.environ.get("LOCAL_RANK")  # torchrun: one GPU per local rank
     if device in (None, "auto"):
         if torch.cuda.is_available():
-            local = os.environ.get("LOCAL_RANK")
             return f"cuda:{local}" if local is not None else "cuda"
         return "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise InputError(None, f"device {device!r} was requested but torch sees no CUDA GPU.",
                          "use --device cpu, or install a CUDA build of torch on a GPU machine.")
+    if device == "cuda" and local is not None:
+        return f"cuda:{local}"
     return str(device)
 
 
@@ -383,9 +385,8 @@ class _Writer:
     """Writes finished batches to the open HDF5 file in a background thread (small queue), so the
     encoder never waits on disk. Each batch: feature rows, padded flags, then done flags, then flush."""
 
-    def __init__(self, f: Any, names: Sequence[str], dtype: np.dtype, on_batch: Callable[[int, int], None] | None,
-                 maxsize: int = 4) -> None:
-        self.f, self.names, self.dtype, self.on_batch = f, list(names), dtype, on_batch
+    def __init__(self, f: Any, names: Sequence[str], dtype: np.dtype, maxsize: int = 4) -> None:
+        self.f, self.names, self.dtype = f, list(names), dtype
         self.q: queue.Queue = queue.Queue(maxsize=maxsize)
         self.error: BaseException | None = None
         self.t = threading.Thread(target=self._run, name="stfeat-cache-writer", daemon=True)
@@ -470,6 +471,7 @@ class _Plan:
     action: str  # "skip" | "new" | "resume" | "update"
     scales: list[float]  # every scale the finished file will hold
     batch_size: int | None = None
+    n_spots: int = 0
 
 
 def _mismatch(path: Path, attrs: dict, ident: _Identity) -> InputError:
@@ -514,7 +516,7 @@ def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.d
         if not attrs.get("complete", False):
             return _Plan("resume", allsc, bs)
         if set(want) <= set(have) and int(attrs.get("k_neighbors", 0) or 0) == k:
-            return _Plan("skip", have)
+            return _Plan("skip", have, n_spots=int(attrs.get("n_spots", 0)))
         return _Plan("update", allsc, bs)
     return _Plan("new", want)
 
@@ -614,7 +616,7 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
                 need |= ~masks[s]
             blocks = [(a, b) for a, b in _blocks(n, bs) if need[a:b].any()]
             n_computed = sum(b - a for a, b in blocks)
-            writer = _Writer(f, names, dtype, None)
+            writer = _Writer(f, names, dtype)
             bar = _bar(n_computed, sample.sample_id, progress)
             done_spots = 0
             try:
@@ -741,7 +743,7 @@ def extract(
     work = [i for i, p in enumerate(plans) if p.action != "skip"]
     for i, p in enumerate(plans):
         if p.action == "skip":
-            report(SampleResult(refs[i].sample_id, finals[i], "skipped", _n_spots(finals[i]), 0,
+            report(SampleResult(refs[i].sample_id, finals[i], "skipped", p.n_spots, 0,
                                 time.perf_counter() - t_all, p.scales))
     if not work:
         return finals
@@ -759,7 +761,7 @@ def extract(
                 plan = _plan(finals[i], ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px,
                              overwrite=overwrite)  # again, under the lock: another rank may have finished it
                 if plan.action == "skip":
-                    report(SampleResult(refs[i].sample_id, finals[i], "skipped", _n_spots(finals[i]), 0,
+                    report(SampleResult(refs[i].sample_id, finals[i], "skipped", plan.n_spots, 0,
                                         time.perf_counter() - t0, plan.scales))
                     futures.pop(i).cancel()
                     continue
@@ -771,12 +773,6 @@ def extract(
             report(SampleResult(sample.sample_id, finals[i], status, int(sample.n_spots), n_comp,
                                 time.perf_counter() - t0, plan.scales))
     return finals
-
-
-def _n_spots(path: Path) -> int:
-    with contextlib.suppress(InputError):
-        return int(C.read_attrs(path).get("n_spots", 0))
-    return 0
 
 
 __all__ = ["extract", "extract_points", "iter_features", "encoder_identity", "SampleResult", "CropDataset",

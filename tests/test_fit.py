@@ -117,3 +117,22 @@ def test_missing_cache_names_extract_command(tmp_path):
     assert "['Z1']" in msg and "stfeat extract" in msg and "--encoder toy" in msg
     with pytest.raises(InputError, match="no feature cache for encoder 'other'"):
         fit(samples, encoder="other", cache_dir=tmp_path / "cache", heads=[Ridge()], out_dir=tmp_path / "o2")
+
+
+def test_fold_genes_come_from_training_samples_only(tmp_path):
+    from test_fit_support import gene_names, write_toy_cache
+
+    genes = gene_names() + ["SPIKE"]
+    samples = []
+    for i, (sid, p) in enumerate((("A1", "A"), ("B1", "B"), ("C1", "C"))):
+        n = 25
+        spike = np.where(np.arange(n) % 2, 5000, 0) if sid == "C1" else np.ones(n)  # variable only in C1
+        s, z = toy_sample(sid, p, n_side=5, genes=genes, extra_counts={"SPIKE": spike})
+        write_toy_cache(tmp_path / "cache", s, z, seed=i)
+        samples.append(s)
+    res = fit(samples, encoder="toy", cache_dir=tmp_path / "cache", heads=[Ridge()], genes="hvg:3",
+              out_dir=tmp_path / "out", plots=False)
+    per_fold = res.metrics["genes"]["per_fold"]
+    assert "SPIKE" not in per_fold["C"]["genes"]  # C1 held out: its spike is invisible
+    assert "SPIKE" in per_fold["A"]["genes"] and "SPIKE" in per_fold["B"]["genes"]
+    assert per_fold["C"]["train_samples"] == ["A1", "B1"]

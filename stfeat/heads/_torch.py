@@ -43,6 +43,29 @@ def seeded(seed: int, device):
         yield
 
 
+@contextlib.contextmanager
+def cpu_threads(n_threads: int | None, work_per_step: float, device):
+    """Run the block with ``n_threads`` torch CPU threads (restored afterwards).
+
+    ``None`` = one thread when a training step is small (``work_per_step`` multiply-adds below
+    ~3e7): thread start-up then costs more than it saves, and on a busy machine OpenMP's waiting
+    threads slow small steps down tens of times. Larger steps keep torch's default.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    n = n_threads
+    if n is None and device.type == "cpu" and work_per_step < 3e7:
+        n = 1
+    if n is not None and int(n) != old:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
 def pearson_loss(pred, target, eps: float = 1e-6):
     """1 - mean over genes of the Pearson correlation within the batch."""
     pc = pred - pred.mean(0, keepdim=True)

@@ -79,55 +79,6 @@ def build_tokens(features: Mapping[str, np.ndarray] | Sequence[np.ndarray], coor
     return X, rel, types, mask
 
 
-def _make_net(d_in: int, n_types: int, d_model: int, n_heads: int, n_layers: int, d_out: int,
-              dropout: float, input_dropout: float, n_pos_freqs: int):
-    import torch
-    import torch.nn as nn
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-            self.norm1 = nn.LayerNorm(d_model)
-            self.ffn = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(),
-                                     nn.Dropout(dropout), nn.Linear(2 * d_model, d_model))
-            self.norm2 = nn.LayerNorm(d_model)
-            self.drop = nn.Dropout(dropout)
-
-        def forward(self, q, kv, pad):
-            a, _ = self.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)
-            q = self.norm1(q + self.drop(a))
-            return self.norm2(q + self.drop(self.ffn(q)))
-
-    class AttnNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.in_drop = nn.Dropout(input_dropout)
-            self.proj = nn.Linear(d_in, d_model)
-            self.type_emb = nn.Embedding(n_types, d_model)
-            self.register_buffer("freqs", (2.0 ** torch.arange(n_pos_freqs)) * torch.pi)
-            self.pos = nn.Sequential(nn.Linear(4 * n_pos_freqs, d_model), nn.GELU(),
-                                     nn.Linear(d_model, d_model))
-            self.norm_in = nn.LayerNorm(d_model)
-            self.blocks = nn.ModuleList([Block() for _ in range(n_layers)])
-            self.out = nn.Linear(d_model, d_out)
-            # the residual over the linear baseline starts at zero: epoch 0 = the baseline
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
-
-        def forward(self, x, rel, types, valid):
-            ang = rel[..., None] * self.freqs  # (B, T, 2, F); rel already divided by pos scale
-            fourier = torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(2)
-            h = self.proj(self.in_drop(x)) + self.type_emb(types)[None] + self.pos(fourier)
-            h = self.norm_in(h)
-            q = h[:, :1]
-            for blk in self.blocks:
-                q = blk(q, h, ~valid)
-            return self.out(q[:, 0])
-
-    return AttnNet()
-
-
 class AttentionHead(BaseHead):
     """Attention from a spot's query token to its multi-scale and neighbour tokens.
 
@@ -175,6 +126,8 @@ class AttentionHead(BaseHead):
         Share of spots (or groups) held out for early stopping.
     device, random_state
         ``"auto"`` = CUDA when available; seed of split, initialisation, dropout and batch order.
+    n_threads
+        Torch CPU threads during fit; ``None`` = 1 for small problems, torch's default otherwise.
 
     Attributes
     ----------
@@ -191,7 +144,7 @@ class AttentionHead(BaseHead):
                  patience: int = 10, corr_weight: float = 0.0, baseline: str | None = "ridge",
                  baseline_alphas=None, pos_scale_um: float | None = None, n_pos_freqs: int = 4,
                  validation_fraction: float = 0.15, device: str = "auto",
-                 random_state: int | None = 0):
+                 n_threads: int | None = None, random_state: int | None = 0):
         self.d_model = d_model
         self.n_heads = n_heads
         self.n_layers = n_layers
@@ -209,6 +162,7 @@ class AttentionHead(BaseHead):
         self.n_pos_freqs = n_pos_freqs
         self.validation_fraction = validation_fraction
         self.device = device
+        self.n_threads = n_threads
         self.random_state = random_state
 
     # ------------------------------------------------------------------ input handling
@@ -265,7 +219,8 @@ class AttentionHead(BaseHead):
         """Train on tokens ``X`` (n, T, d) or features (n, d) and targets ``Y`` (n, g)."""
         import torch
 
-        from stfeat.heads._torch import (pearson_loss, resolve_device, seeded, torch_seed,
+        from stfeat.heads._torch import (pearson_loss, cpu_threads, resolve_device, seeded,
+                                         torch_seed,
                                          train_early_stopping)
         from stfeat.heads.linear import RidgeCVHead
 
@@ -326,7 +281,8 @@ class AttentionHead(BaseHead):
             return b + m(x, r, typest, v)
 
         trt, vat = torch.from_numpy(tr), torch.from_numpy(va)
-        with seeded(seed, device):
+        work = int(self.batch_size) * T * d * int(self.d_model)
+        with seeded(seed, device), cpu_threads(self.n_threads, work, device):
             module = self._new_module(d, n_types).to(device)
             info = train_early_stopping(
                 module, forward, [t[trt] for t in (Xs, relt, maskt, Bt, Yt)],
@@ -346,7 +302,9 @@ class AttentionHead(BaseHead):
         return self
 
     def _new_module(self, d, n_types):
-        return _make_net(d, n_types, int(self.d_model), int(self.n_heads), int(self.n_layers),
+        from stfeat.heads._attn_net import AttnNet
+
+        return AttnNet(d, n_types, int(self.d_model), int(self.n_heads), int(self.n_layers),
                          self.n_outputs_, float(self.dropout), float(self.input_dropout),
                          int(self.n_pos_freqs))
 
@@ -364,8 +322,11 @@ class AttentionHead(BaseHead):
             (self.baseline_.predict(self._own(X)).reshape(len(X), -1) - self.y_mean_) / self.y_scale_
         typest = torch.from_numpy(self.token_type_)
         out = []
+        from stfeat.heads._torch import cpu_threads
+
         self.module_.eval()
-        with torch.no_grad():
+        work = min(len(X), 4096) * X.shape[1] * X.shape[2] * int(self.d_model) / 3
+        with torch.no_grad(), cpu_threads(self.n_threads, work, torch.device("cpu")):
             for i in range(0, len(X), 4096):
                 sl = slice(i, i + 4096)
                 xs = torch.from_numpy(self._standardize(X[sl], mask[sl]))

@@ -41,6 +41,8 @@ class MLPHead(BaseHead):
         Share of spots (or groups) held out for early stopping.
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    n_threads
+        Torch CPU threads during fit; ``None`` = 1 for small problems, torch's default otherwise.
     random_state
         Seed of the split, the initialisation, dropout and batch order.
 
@@ -58,7 +60,7 @@ class MLPHead(BaseHead):
                  lr: float = 1e-3, weight_decay: float = 0.05, batch_size: int = 256,
                  max_epochs: int = 200, patience: int = 10, corr_weight: float = 0.0,
                  validation_fraction: float = 0.15, device: str = "auto",
-                 random_state: int | None = 0):
+                 n_threads: int | None = None, random_state: int | None = 0):
         self.hidden = hidden
         self.dropout = dropout
         self.input_dropout = input_dropout
@@ -70,13 +72,15 @@ class MLPHead(BaseHead):
         self.corr_weight = corr_weight
         self.validation_fraction = validation_fraction
         self.device = device
+        self.n_threads = n_threads
         self.random_state = random_state
 
     def fit(self, X, Y, groups=None) -> "MLPHead":
         """Train on features ``X`` (n, d) and targets ``Y`` (n, g)."""
         import torch
 
-        from stfeat.heads._torch import (pearson_loss, resolve_device, seeded, torch_seed,
+        from stfeat.heads._torch import (pearson_loss, cpu_threads, resolve_device, seeded,
+                                         torch_seed,
                                          train_early_stopping)
 
         X, Y = self._check_xy(X, Y)
@@ -95,7 +99,8 @@ class MLPHead(BaseHead):
             loss = torch.nn.functional.mse_loss(pred, target)
             return loss + cw * pearson_loss(pred, target) if cw > 0 else loss
 
-        with seeded(seed, device):
+        work = int(self.batch_size) * X.shape[1] * int(self.hidden)
+        with seeded(seed, device), cpu_threads(self.n_threads, work, device):
             module = _build_mlp(X.shape[1], int(self.hidden), Y.shape[1], float(self.dropout),
                                 float(self.input_dropout)).to(device)
             info = train_early_stopping(
@@ -116,8 +121,11 @@ class MLPHead(BaseHead):
 
         X = self._check_x(X)
         Xs = torch.from_numpy(((X - self.x_mean_) / self.x_scale_).astype(np.float32))
+        from stfeat.heads._torch import cpu_threads
+
         self.module_.eval()
-        with torch.no_grad():
+        work = min(len(Xs), 8192) * X.shape[1] * int(self.hidden) / 3
+        with torch.no_grad(), cpu_threads(self.n_threads, work, torch.device("cpu")):
             P = torch.cat([self.module_(Xs[i:i + 8192]) for i in range(0, len(Xs), 8192)])
         return self._format_out(P.double().numpy() * self.y_scale_ + self.y_mean_)
 

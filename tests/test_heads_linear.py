@@ -1,0 +1,129 @@
+"""hest-ridge against a hand-written HEST-Benchmark reference; ridge's penalty selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stfeat.heads import HestRidge, RidgeCVHead, make_head
+
+
+def _hest_reference(X_train, y_train, X_test, seed=1, latent_dim=256):
+    """HEST-Benchmark, written out from benchmark.py (predict_single_split) and trainer.py."""
+    import torch
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = Pipeline([("scaler", StandardScaler()),
+                     ("PCA", PCA(n_components=latent_dim, random_state=seed))])
+    X_train, X_test = torch.Tensor(pipe.fit_transform(X_train)), torch.Tensor(pipe.transform(X_test))
+    alpha = 100 / (X_train.shape[1] * y_train.shape[1])
+    reg = Ridge(solver="lsqr", alpha=alpha, random_state=seed, fit_intercept=False, max_iter=1000)
+    reg.fit(X_train, y_train)
+    return reg.predict(X_test), alpha
+
+
+@pytest.fixture(scope="module")
+def embeddings():
+    """Correlated, non-negative 'embeddings' (like CNN features) with 400 dims, 600 + 150 spots."""
+    rng = np.random.default_rng(1)
+    latent = rng.standard_normal((750, 40))
+    X = np.maximum(latent @ rng.standard_normal((40, 400)) / 6 + 0.3 *
+                   rng.standard_normal((750, 400)), 0).astype(np.float32)
+    Y = np.log1p(np.exp(latent[:, :5] @ rng.standard_normal((5, 6)) / 3 + 0.2 *
+                        rng.standard_normal((750, 6))))
+    return X[:600], Y[:600], X[600:], Y[600:]
+
+
+def test_hest_ridge_matches_reference(embeddings):
+    Xtr, Ytr, Xte, _ = embeddings
+    ref, alpha = _hest_reference(Xtr, Ytr, Xte)
+    head = HestRidge().fit(Xtr, Ytr)
+    assert head.n_components_ == 256
+    assert head.alpha_ == pytest.approx(alpha) == pytest.approx(100 / (256 * 6))
+    assert not np.any(head.intercept_)
+    P = head.predict(Xte)
+    # same sklearn fit path (randomized PCA: 600 x 400 -> 256); predict differs by float32 rounding
+    np.testing.assert_allclose(P, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    # the exact ridge minimiser is close but not HEST's number (LSQR stops at tol=1e-4)
+    exact = HestRidge(solver="cholesky").fit(Xtr, Ytr).predict(Xte)
+    assert np.abs(exact - ref).max() > 10 * np.abs(P - ref).max()
+
+
+def test_hest_ridge_user_alpha_and_small_data(embeddings, caplog):
+    Xtr, Ytr, Xte, _ = embeddings
+    assert HestRidge(alpha=5.0).fit(Xtr, Ytr).alpha_ == 5.0  # not overwritten, unlike HEST
+    # fewer spots than 256: components capped at min(n_samples, n_features)
+    small = HestRidge().fit(Xtr[:100], Ytr[:100])
+    assert small.n_components_ == 100 and small.alpha_ == pytest.approx(100 / (100 * 6))
+    # dimreduce=None mode: no scaler/PCA, alpha from the raw feature count
+    raw = HestRidge(n_components=None).fit(Xtr, Ytr)
+    assert raw.coef_.shape == (6, 400) and raw.alpha_ == pytest.approx(100 / (400 * 6))
+    assert raw.predict(Xte).shape == (150, 6)
+
+
+@pytest.fixture(scope="module")
+def linear():
+    rng = np.random.default_rng(2)
+    n, d = 500, 60
+    X = (rng.standard_normal((n, d)) * rng.uniform(0.5, 3, d) + 1.0).astype(np.float32)
+    W = rng.standard_normal((d, 3))
+    clean = X @ W
+    return X, clean, rng
+
+
+def test_ridge_matches_closed_form(linear):
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    X, clean, rng = linear
+    Y = clean + 3 * rng.standard_normal(clean.shape)
+    head = RidgeCVHead(alphas=[30.0]).fit(X, Y)
+    sc = StandardScaler().fit(X.astype(np.float64))
+    ref = Ridge(alpha=30.0).fit(sc.transform(X), Y)
+    np.testing.assert_allclose(head.predict(X), ref.predict(sc.transform(X)), rtol=1e-4,
+                               atol=1e-4 * np.abs(Y).max())
+    # the dual path (fewer spots than features) gives the same ridge
+    Xw = np.concatenate([X[:40], X[:40] ** 2], axis=1)[:, :70]
+    head_w = RidgeCVHead(alphas=[30.0]).fit(Xw, Y[:40])
+    sc_w = StandardScaler().fit(Xw.astype(np.float64))
+    ref_w = Ridge(alpha=30.0).fit(sc_w.transform(Xw), Y[:40])
+    np.testing.assert_allclose(head_w.predict(Xw), ref_w.predict(sc_w.transform(Xw)),
+                               rtol=1e-3, atol=1e-3 * np.abs(Y).max())
+
+
+def test_ridge_cv_picks_sensible_alpha(linear):
+    X, clean, rng = linear
+    n = len(X)
+    alphas = n * np.logspace(-4, 4, 17)
+    low_noise = RidgeCVHead(alphas=alphas).fit(X, clean + 0.01 * rng.standard_normal(clean.shape))
+    noise_only = RidgeCVHead(alphas=alphas).fit(X, rng.standard_normal(clean.shape))
+    assert low_noise.alpha_ <= alphas[2]
+    assert noise_only.alpha_ >= alphas[-3]
+    assert low_noise.cv_scores_.shape == (17, 3)
+    # GCV's choice is close to the best held-out alpha on fresh data from the same model
+    Y = clean + 4 * rng.standard_normal(clean.shape)
+    gcv = RidgeCVHead(alphas=alphas).fit(X[:300], Y[:300])
+    test_mse = [((RidgeCVHead(alphas=[a]).fit(X[:300], Y[:300]).predict(X[300:]) - clean[300:])
+                 ** 2).mean() for a in alphas]
+    assert abs(np.log10(gcv.alpha_) - np.log10(alphas[int(np.argmin(test_mse))])) <= 1.0
+
+
+def test_ridge_per_target_and_grouped_cv(linear):
+    X, clean, rng = linear
+    Y = np.column_stack([clean[:, 0] + 0.01 * rng.standard_normal(len(X)),
+                         rng.standard_normal(len(X))])
+    alphas = len(X) * np.logspace(-4, 4, 9)
+    per = RidgeCVHead(alphas=alphas, alpha_per_target=True).fit(X, Y)
+    assert per.alpha_.shape == (2,) and per.alpha_[0] < per.alpha_[1]
+    groups = np.repeat(np.arange(5), 100)
+    grouped = RidgeCVHead(alphas=alphas, cv=5, alpha_per_target=True).fit(X, Y, groups=groups)
+    assert grouped.alpha_[0] < grouped.alpha_[1]
+    kfold = make_head("ridge", alphas=list(alphas), cv=3).fit(X, Y)
+    assert kfold.predict(X).shape == Y.shape
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        RidgeCVHead(cv=3).fit(X, Y, groups=np.zeros(len(X)))
+    with pytest.raises(ValueError, match="positive"):
+        RidgeCVHead(alphas=[0.0, 1.0]).fit(X, Y)

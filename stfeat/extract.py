@@ -578,7 +578,13 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             f = None
             part.unlink()
             status = "written"
-    bs = int(batch_size or plan.batch_size or auto_batch_size(enc, device, len(plan.scales)))
+    scales = list(plan.scales)
+    if f is not None:
+        if um_override is None:  # resume with the crops' original geometry
+            um = float(f.attrs.get("um_per_px", um))
+        # an interrupted run may have started scales that were not asked for this time: finish them too
+        scales = sorted(set(scales) | {float(x) for x in f["features"].keys()})
+    bs = int(batch_size or plan.batch_size or auto_batch_size(enc, device, len(scales)))
     if f is None:
         f = h5py.File(part, "w")
         C.create_datasets(f, barcodes=barcodes, coords=coords)
@@ -594,7 +600,7 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
         })
     try:
         C._set_attrs(f, {"complete": False, "completed": ""})
-        for s in plan.scales:
+        for s in scales:
             if C.scale_name(s) not in f["features"]:
                 C.add_scale(f, s, n=n, dim=int(enc.embed_dim), dtype=dtype, chunk_rows=max(bs, 64))
         if k > 0 and int(f.attrs.get("k_neighbors", 0)) != k:
@@ -607,7 +613,7 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
         f.flush()
         masks = C.done_masks(f)
         # compute each scale that still has missing rows, block by block (fixed composition)
-        todo_scales = [s for s in plan.scales if not masks[C.scale_name(s)].all()]
+        todo_scales = [s for s in scales if not masks[C.scale_name(s)].all()]
         n_computed = 0
         if todo_scales:
             names = [C.scale_name(s) for s in todo_scales]
@@ -632,7 +638,7 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
                 writer.close()
                 bar.close()
             writer.check()
-        C.finalize(f, scales_um=plan.scales)
+        C.finalize(f, scales_um=scales)
     finally:
         f.close()
     os.replace(part, final)

@@ -230,3 +230,13 @@ def test_bad_options(tmp_path):
     s.slide = None
     with pytest.raises(InputError, match="no H&E image"):
         _run([s], tmp_path)
+
+
+def test_resume_finishes_every_started_scale(tmp_path):
+    s = fake_sample(20)
+    with pytest.raises(_Stop):
+        _run([s], tmp_path, callback=_stop_after(1))
+    (p,), (res,) = _run([s], tmp_path, scales_um=(16,), batch_size=None)
+    assert res.status == "resumed"
+    d = read_cache(p)
+    assert list(d.features) == ["16", "32", "64"] and d.attrs["scales_um"] == [16.0, 32.0, 64.0]

@@ -80,18 +80,15 @@ def test_ridge_matches_closed_form(linear):
 
     X, clean, rng = linear
     Y = clean + 3 * rng.standard_normal(clean.shape)
-    head = RidgeCVHead(alphas=[30.0]).fit(X, Y)
-    sc = StandardScaler().fit(X.astype(np.float64))
-    ref = Ridge(alpha=30.0).fit(sc.transform(X), Y)
-    np.testing.assert_allclose(head.predict(X), ref.predict(sc.transform(X)), rtol=1e-4,
-                               atol=1e-4 * np.abs(Y).max())
-    # the dual path (fewer spots than features) gives the same ridge
-    Xw = np.concatenate([X[:40], X[:40] ** 2], axis=1)[:, :70]
-    head_w = RidgeCVHead(alphas=[30.0]).fit(Xw, Y[:40])
-    sc_w = StandardScaler().fit(Xw.astype(np.float64))
-    ref_w = Ridge(alpha=30.0).fit(sc_w.transform(Xw), Y[:40])
-    np.testing.assert_allclose(head_w.predict(Xw), ref_w.predict(sc_w.transform(Xw)),
-                               rtol=1e-3, atol=1e-3 * np.abs(Y).max())
+    grid = [3.0, 30.0, 300.0, 3000.0]
+    # one alpha: Cholesky path; a grid: eigendecomposition path (primal, then dual when n < d)
+    for alphas, Xf, Yf in (([30.0], X, Y), (grid, X, Y),
+                           (grid, np.concatenate([X[:40], X[:40] ** 2], axis=1)[:, :70], Y[:40])):
+        head = RidgeCVHead(alphas=alphas).fit(Xf, Yf)
+        sc = StandardScaler().fit(Xf.astype(np.float64))
+        ref = Ridge(alpha=head.alpha_).fit(sc.transform(Xf), Yf)
+        np.testing.assert_allclose(head.predict(Xf), ref.predict(sc.transform(Xf)), rtol=1e-3,
+                                   atol=1e-3 * np.abs(Yf).max())
 
 
 def test_ridge_cv_picks_sensible_alpha(linear):

@@ -97,8 +97,10 @@ class AttentionHead(BaseHead):
 
     With ``baseline="ridge"`` (default), a :class:`~stfeat.heads.RidgeCVHead` on the spot's own
     tokens (its S scales concatenated; grouped CV when ``groups`` are given) predicts first and
-    the network learns the residual; its output layer starts at zero, so training starts from the
-    ridge and early stopping keeps the ridge if attention does not help on validation. Loss: MSE
+    the network learns the residual (on the training spots, residuals of out-of-fold ridge
+    predictions, grouped by ``groups`` when given, so they are as large as on new spots); its
+    output layer starts at zero, so training starts from the ridge and early stopping keeps the
+    ridge if attention does not help on validation. Loss: MSE
     on standardised genes plus ``corr_weight`` x (1 - Pearson r). AdamW, early stopping on an
     inner validation split (whole groups when given). CUDA when available, else CPU;
     deterministic on CPU for a fixed ``random_state``.
@@ -263,6 +265,10 @@ class AttentionHead(BaseHead):
             base = RidgeCVHead(self.baseline_alphas, cv=cv).fit(
                 own[tr], Y[tr], groups=None if cv is None else np.asarray(groups)[tr])
             B = (base.predict(own) - self.y_mean_) / self.y_scale_
+            # out-of-fold baseline on the training spots, so the network learns from residuals
+            # as large as those it will meet on new spots (in-sample ridge residuals are too small)
+            B[tr] = self._oof_baseline(own[tr], Y[tr], None if groups is None
+                                       else np.asarray(groups)[tr], float(base.alpha_), seed)
         else:
             base, B = None, np.zeros_like(Ys)
         Xs = torch.from_numpy(self._standardize(X, mask))
@@ -300,6 +306,22 @@ class AttentionHead(BaseHead):
                     "(baseline only %.4f)", T, self.n_own_, self.best_epoch_,
                     info["best_val_loss"], info["history"][0])
         return self
+
+    def _oof_baseline(self, own, Y, groups, alpha: float, seed: int) -> np.ndarray:
+        """Standardised out-of-fold ridge predictions (grouped folds when groups are given)."""
+        from sklearn.model_selection import GroupKFold, KFold
+
+        from stfeat.heads.linear import RidgeCVHead
+
+        if groups is not None and len(np.unique(groups)) >= 2:
+            folds = GroupKFold(n_splits=min(5, len(np.unique(groups)))).split(own, groups=groups)
+        else:
+            folds = KFold(n_splits=min(5, len(own)), shuffle=True, random_state=seed).split(own)
+        out = np.empty((len(own), Y.shape[1]))
+        for fit_idx, pred_idx in folds:
+            ridge = RidgeCVHead([alpha]).fit(own[fit_idx], Y[fit_idx])
+            out[pred_idx] = ridge.predict(own[pred_idx]).reshape(len(pred_idx), -1)
+        return (out - self.y_mean_) / self.y_scale_
 
     def _new_module(self, d, n_types):
         from stfeat.heads._attn_net import AttnNet

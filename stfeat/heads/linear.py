@@ -264,13 +264,18 @@ class RidgeCVHead(BaseHead):
         Yt = torch.from_numpy(Yc.astype(np.float32))
         var = np.maximum(Yc.var(0), 1e-12)
 
-        if self.cv is None:
+        if len(alphas) == 1:  # nothing to choose: one Cholesky solve, no eigendecomposition
+            scores, eig = np.full((1, Y.shape[1]), np.nan), None
+        elif self.cv is None:
             scores, eig = self._fit_gcv(Xt, Yt, Yc, alphas)
         else:
             scores, eig = self._cv_scores(Xt, Yt, Y, alphas, groups), None
         scores = scores / var
         self.cv_scores_ = scores
-        if self.alpha_per_target:
+        if len(alphas) == 1:
+            best = np.zeros(Y.shape[1], dtype=int)
+            self.alpha_ = float(alphas[0])
+        elif self.alpha_per_target:
             best = scores.argmin(0)
             self.alpha_ = alphas[best]
         else:

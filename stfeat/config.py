@@ -44,7 +44,11 @@ PATH_KEYS = frozenset(
     {"data", "cache_dir", "out", "out_dir", "model_dir", "manifest", "weights", "image", "sample", "model", "encoder"}
 )
 # A config may say `data:` for whatever a command calls its input (extract's PATH argument, ...).
-KEY_ALIASES = {"data": ("data", "path", "samples", "samples_or_manifest", "manifest", "sample")}
+KEY_ALIASES = {
+    "data": ("data", "path", "samples", "samples_or_manifest", "manifest"),
+    "heads": ("head", "heads"),
+    "scales_um": ("scales", "scales_um"),
+}
 _SOURCE_NAMES = {"COMMANDLINE": "cli", "ENVIRONMENT": "env", "DEFAULT_MAP": "config", "DEFAULT": "default", "PROMPT": "prompt"}
 
 
@@ -193,6 +197,24 @@ def _must_exist(p: Any) -> bool:
     return bool(getattr(getattr(p, "type", None), "exists", False))
 
 
+def _is_str(p: Any) -> bool:
+    desc = _descriptor(p)
+    return desc is not None and desc.annotation is str
+
+
+def _to_cli_form(value: Any, p: Any) -> Any:
+    """YAML conveniences for options the CLI types as one string: lists become ``a,b,c`` and
+    mappings become JSON (``head_params``)."""
+    import json
+
+    if _is_str(p) and not _is_multi(p):
+        if isinstance(value, (list, tuple)):
+            return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        if isinstance(value, dict):
+            return json.dumps(value)
+    return value
+
+
 def _is_multi(p: Any) -> bool:
     return bool(getattr(p, "multiple", False)) or getattr(p, "nargs", 1) != 1
 
@@ -334,6 +356,7 @@ def build_default_map(cfg: Config, group: Any = None) -> dict[str, dict[str, Any
         out = {}
         for key, value in merged.items():
             p = allowed[key]
+            value = _to_cli_form(value, p)
             if _is_path_param(key, p) and value is not None:
                 value = _resolve_path_value(value, cfg.base_dir, always=_is_typed_path(p))
             _check_value(cfg, origin[key], key, p, value, commands[name])

@@ -135,13 +135,6 @@ def standardize_fit(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, scale
 
 
-def seed_everything(random_state: int | None) -> "Any":
-    """A numpy Generator from ``random_state`` and the matching torch seed (int)."""
-    rs = np.random.RandomState(random_state) if not isinstance(random_state, np.random.RandomState) \
-        else random_state
-    return int(rs.randint(0, 2**31 - 1))
-
-
 def inner_split(n: int, validation_fraction: float, random_state, groups=None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of an inner (train, validation) split for early stopping.

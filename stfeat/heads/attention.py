@@ -259,16 +259,21 @@ class AttentionHead(BaseHead):
         Ys = (Y - self.y_mean_) / self.y_scale_
         if self.baseline == "ridge":
             own = self._own(X)
+            g_all = None if groups is None else np.asarray(groups)
             cv = None
-            if groups is not None and len(np.unique(np.asarray(groups)[tr])) >= 3:
-                cv = min(5, len(np.unique(np.asarray(groups)[tr])))
-            base = RidgeCVHead(self.baseline_alphas, cv=cv).fit(
-                own[tr], Y[tr], groups=None if cv is None else np.asarray(groups)[tr])
-            B = (base.predict(own) - self.y_mean_) / self.y_scale_
-            # out-of-fold baseline on the training spots, so the network learns from residuals
-            # as large as those it will meet on new spots (in-sample ridge residuals are too small)
-            B[tr] = self._oof_baseline(own[tr], Y[tr], None if groups is None
-                                       else np.asarray(groups)[tr], float(base.alpha_), seed)
+            if g_all is not None and len(np.unique(g_all)) >= 3:
+                cv = min(5, len(np.unique(g_all)))
+            # penalty chosen on all training spots; this ridge is the final baseline
+            base = RidgeCVHead(self.baseline_alphas, cv=cv).fit(own, Y, groups=g_all if cv else None)
+            alpha = float(base.alpha_)
+            B = np.empty_like(Ys)
+            # validation spots: a ridge that has not seen them, as new spots will be
+            B[va] = (RidgeCVHead([alpha]).fit(own[tr], Y[tr]).predict(own[va]).reshape(len(va), -1)
+                     - self.y_mean_) / self.y_scale_
+            # training spots: out-of-fold predictions, so the network learns from residuals as
+            # large as those it will meet on new spots (in-sample ridge residuals are too small)
+            B[tr] = self._oof_baseline(own[tr], Y[tr], None if g_all is None else g_all[tr],
+                                       alpha, seed)
         else:
             base, B = None, np.zeros_like(Ys)
         Xs = torch.from_numpy(self._standardize(X, mask))
@@ -296,8 +301,6 @@ class AttentionHead(BaseHead):
                 weight_decay=self.weight_decay, batch_size=int(self.batch_size),
                 max_epochs=int(self.max_epochs), patience=int(self.patience), seed=seed,
                 device=device)
-        if base is not None:  # final baseline on all training spots, same penalty
-            base = RidgeCVHead([float(base.alpha_)]).fit(self._own(X), Y)
         self.baseline_ = base
         self.module_ = module.cpu().eval()
         self.best_epoch_ = int(info["best_epoch"])

@@ -279,8 +279,10 @@ def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sca
     """Yield ``(start, stop, features float32 (b, S, d), padded bool (b, S))`` block by block.
 
     The encoder must already be on ``device``. Decoding runs in ``num_workers`` DataLoader
-    processes; on CUDA, copies are pinned and non-blocking and the device-to-host copy of one
-    batch overlaps the forward pass of the next.
+    processes, each decoding chunks of about ``batch_size / num_workers`` spots (so the first batch
+    of a sample is ready after one chunk's decode time, not one batch's); chunks are reassembled into
+    the fixed blocks here. On CUDA, chunks are copied from pinned memory into the device batch as
+    they arrive (non-blocking) and the device-to-host copy of one batch overlaps the next forward.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -292,33 +294,54 @@ def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sca
         return
     if hasattr(slide, "load"):
         slide.load()  # decode a JPEG once, before forking, so workers share its memory map
-    ds = CropDataset(slide, centres_px, blocks, scales_um, int(encoder.spec.input_px), um_per_px)
+    workers = max(0, min(int(num_workers), sum(b - a for a, b in blocks)))
+    chunk = max(1, -(-max(b - a for a, b in blocks) // max(1, workers)))
+    chunks = [(c, min(b, c + chunk)) for a, b in blocks for c in range(a, b, chunk)]
+    px = int(encoder.spec.input_px)
+    ds = CropDataset(slide, centres_px, chunks, scales_um, px, um_per_px)
     cuda = device.startswith("cuda")
-    workers = max(0, min(int(num_workers), len(blocks)))
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda,
                         prefetch_factor=prefetch_factor if workers else None, persistent_workers=False)
     S = len(scales_um)
+
+    def finish(p):  # wait for a batch's device-to-host copy and hand it out
+        p_start, p_host, p_ev, p_pad = p
+        p_ev.synchronize()
+        return p_start, p_start + p_pad.shape[0], p_host.view(p_pad.shape[0], S, -1).numpy(), p_pad.numpy()
+
+    todo = iter(blocks)
+    a, b = next(todo)
+    parts: list = []
+    pads: list = []
+    buf = None
     pending = None
     for start, crops, padded in loader:
-        b = crops.shape[0]
-        x = crops.view(b * S, *crops.shape[2:]).to(device, non_blocking=cuda)
-        out = encoder(x)
+        start = int(start)
+        if cuda:
+            if buf is None:
+                buf = torch.empty((b - a, S, px, px, 3), dtype=torch.uint8, device=device)
+            buf[start - a:start - a + crops.shape[0]].copy_(crops, non_blocking=True)
+        parts.append(crops)
+        pads.append(padded)
+        if start + crops.shape[0] < b:
+            continue
+        x = buf if cuda else (parts[0] if len(parts) == 1 else torch.cat(parts))
+        padded_b = pads[0] if len(pads) == 1 else torch.cat(pads)
+        out = encoder(x.view((b - a) * S, px, px, 3))
         if cuda:
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host.copy_(out, non_blocking=True)
             ev = torch.cuda.Event()
             ev.record()
             if pending is not None:
-                p_start, p_host, p_ev, p_pad = pending
-                p_ev.synchronize()
-                yield p_start, p_start + p_pad.shape[0], p_host.view(p_pad.shape[0], S, -1).numpy(), p_pad.numpy()
-            pending = (int(start), host, ev, padded)
+                yield finish(pending)
+            pending = (a, host, ev, padded_b)
         else:
-            yield int(start), int(start) + b, out.view(b, S, -1).cpu().numpy(), padded.numpy()
+            yield a, b, out.view(b - a, S, -1).numpy(), padded_b.numpy()
+        parts, pads, buf = [], [], None
+        a, b = next(todo, (b, b))
     if pending is not None:
-        p_start, p_host, p_ev, p_pad = pending
-        p_ev.synchronize()
-        yield p_start, p_start + p_pad.shape[0], p_host.view(p_pad.shape[0], S, -1).numpy(), p_pad.numpy()
+        yield finish(pending)
 
 
 def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encoder", scales_um: Sequence[float]
@@ -645,6 +668,14 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
     return status, n_computed
 
 
+def _load_sample(ref: Any) -> Any:
+    """Load a sample and decode its image (JPEG -> shared memory map) off the main thread."""
+    sample = ref.load()
+    if getattr(sample, "slide", None) is not None and hasattr(sample.slide, "load"):
+        sample.slide.load()
+    return sample
+
+
 # ---------------------------------------------------------------- the public entry point
 def extract(
     samples: Any,
@@ -758,11 +789,11 @@ def extract(
     workers = default_num_workers(dev) if num_workers is None else int(num_workers)
     # the next sample loads (counts, coordinates) in a thread while the current one is encoded
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stfeat-load") as pool:
-        futures = {work[0]: pool.submit(refs[work[0]].load)}
+        futures = {work[0]: pool.submit(_load_sample, refs[work[0]])}
         for j, i in enumerate(work):
             t0 = time.perf_counter()
             if j + 1 < len(work):
-                futures[work[j + 1]] = pool.submit(refs[work[j + 1]].load)
+                futures[work[j + 1]] = pool.submit(_load_sample, refs[work[j + 1]])
             with C.cache_lock(finals[i]):
                 plan = _plan(finals[i], ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px,
                              overwrite=overwrite)  # again, under the lock: another rank may have finished it

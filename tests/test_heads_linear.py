@@ -118,6 +118,14 @@ def test_ridge_per_target_and_grouped_cv(linear):
     groups = np.repeat(np.arange(5), 100)
     grouped = RidgeCVHead(alphas=alphas, cv=5, alpha_per_target=True).fit(X, Y, groups=groups)
     assert grouped.alpha_[0] < grouped.alpha_[1]
+    # default cv="auto": grouped 5-fold when groups are given, GCV otherwise
+    auto = RidgeCVHead(alphas=alphas).fit(X, Y, groups=groups)
+    np.testing.assert_allclose(auto.cv_scores_, grouped.cv_scores_)
+    gcv = RidgeCVHead(alphas=alphas, cv="gcv").fit(X, Y, groups=groups)
+    assert not np.allclose(gcv.cv_scores_, grouped.cv_scores_)
+    np.testing.assert_allclose(RidgeCVHead(alphas=alphas).fit(X, Y).cv_scores_, gcv.cv_scores_)
+    with pytest.raises(ValueError, match="cv must be"):
+        RidgeCVHead(alphas=alphas, cv=1).fit(X, Y)
     kfold = make_head("ridge", alphas=list(alphas), cv=3).fit(X, Y)
     assert kfold.predict(X).shape == Y.shape
     with pytest.raises(ValueError, match="at least 2 groups"):

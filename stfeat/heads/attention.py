@@ -260,11 +260,9 @@ class AttentionHead(BaseHead):
         if self.baseline == "ridge":
             own = self._own(X)
             g_all = None if groups is None else np.asarray(groups)
-            cv = None
-            if g_all is not None and len(np.unique(g_all)) >= 3:
-                cv = min(5, len(np.unique(g_all)))
-            # penalty chosen on all training spots; this ridge is the final baseline
-            base = RidgeCVHead(self.baseline_alphas, cv=cv).fit(own, Y, groups=g_all if cv else None)
+            # penalty chosen on all training spots (grouped CV when >= 3 groups, else GCV);
+            # this ridge is the final baseline
+            base = RidgeCVHead(self.baseline_alphas).fit(own, Y, groups=g_all)
             alpha = float(base.alpha_)
             B = np.empty_like(Ys)
             # validation spots: a ridge that has not seen them, as new spots will be

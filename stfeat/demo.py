@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 log = logging.getLogger(__name__)
 
 DEFAULT_SCALES_UM: tuple[float, ...] = (112.0, 224.0, 448.0)
-DEFAULT_HEADS: tuple[str, ...] = ("hest-ridge", "ridge", "lgbm")
+DEFAULT_HEADS: tuple[str, ...] = ("hest-ridge", "ridge", "knn")
 QUICK_ENV = "STFEAT_DEMO_QUICK"  # "1": a smaller synthetic dataset and two heads (tests, CI)
 
 
@@ -67,10 +67,10 @@ def quick_mode() -> bool:
 
 
 def synthetic_settings(quick: bool) -> dict[str, Any]:
-    """Synthetic dataset parameters of the demo (full: 3 patients x 2 sections of 1.8 mm)."""
+    """Synthetic dataset parameters of the demo (full: 3 patients x 2 sections of 1.5 mm, ~150 spots each)."""
     if quick:
-        return dict(n_patients=3, sections_per_patient=1, n_genes=120, size_um=(1000.0, 1000.0))
-    return dict(n_patients=3, sections_per_patient=2, n_genes=300, size_um=(1800.0, 1800.0))
+        return dict(n_patients=3, sections_per_patient=1, n_genes=100, size_um=(800.0, 800.0))
+    return dict(n_patients=3, sections_per_patient=2, n_genes=300, size_um=(1500.0, 1500.0))
 
 
 def run_demo(
@@ -105,7 +105,8 @@ def run_demo(
     scales_um
         Fields of view in micrometres.
     heads
-        Head names; default ``hest-ridge, ridge, lgbm`` (``hest-ridge, ridge`` in quick mode).
+        Head names; default ``hest-ridge, ridge, knn`` (``hest-ridge, ridge`` in quick mode). ``lgbm``
+        and ``attention`` work too but take minutes more on a CPU.
     genes, split
         Target gene rule and split (``auto`` = leave-one-patient-out when there are patients).
     um_per_px
@@ -136,8 +137,9 @@ def run_demo(
     t0 = time.perf_counter()
     if data is None:
         settings = synthetic_settings(quick)
-        say(f"[1/4] synthetic dataset ({settings['n_patients']} patients x {settings['sections_per_patient']} "
-            f"sections) -> {out / 'data'}")
+        n_sec = settings["sections_per_patient"]
+        say(f"[1/4] synthetic dataset ({settings['n_patients']} patients x {n_sec} section{'s' * (n_sec > 1)}) "
+            f"-> {out / 'data'}")
         ds = make_synthetic_dataset(out / "data", seed=seed, **settings)
         data_path, synthetic = ds.root, True
         log.warning("%s", SYNTHETIC_BANNER)

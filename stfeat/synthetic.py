@@ -674,7 +674,7 @@ def make_synthetic_dataset(
         obs["syn_region"] = pd.Categorical([REGIONS[i] for i in morph["frac"].argmax(1)], categories=REGIONS)
         for k in ("fibre", "hypoxia", "interferon", "prolif"):
             obs[f"syn_{k}"] = morph[k]
-        var = pd.DataFrame({"role": roles, "synthetic": True}, index=pd.Index(genes, name="gene"))
+        var = pd.DataFrame({"role": pd.Categorical(roles), "synthetic": True}, index=pd.Index(genes, name="gene"))
         adata = ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=var)
         adata.obsm["spatial"] = (spots[:, :2] / um_per_px).astype(np.float64)
         adata.layers["syn_mean"] = mu.astype(np.float32)

@@ -42,7 +42,7 @@ def demo_cmd(
     weights: Annotated[Optional[Path], typer.Option(help="Local weights file for --encoder.")] = None,
     scales: Annotated[str, typer.Option(help="Fields of view in micrometres, comma-separated.")] = "112,224,448",
     head: Annotated[Optional[str], typer.Option("--head", help="Heads, comma-separated; default "
-                                                "hest-ridge,ridge,lgbm.")] = None,
+                                                "hest-ridge,ridge,knn (lgbm, attention: minutes more on CPU).")] = None,
     genes: Annotated[str, typer.Option(help="Target genes: hvg:K, hex:K, file:PATH or common.")] = "hvg:50",
     split: Annotated[str, typer.Option(help="auto (leave one patient out), lopo, group-kfold:K or loso.")] = "auto",
     um_per_px: Annotated[Optional[float], typer.Option(help="Micrometres per pixel, for data that lacks it.")]

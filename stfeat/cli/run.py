@@ -40,14 +40,23 @@ def command_line(cmd: Any, name: str, values: dict[str, Any]) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def plan_steps(default_map: dict[str, dict[str, Any]], steps: list[str] | None) -> list[str]:
-    """Which steps to run: the requested ones, else extract and fit, plus predict if configured."""
+def plan_steps(sections: dict[str, Any], steps: list[str] | None) -> list[str]:
+    """Which steps to run: the requested ones, else extract and fit, plus predict if the config has a
+    ``predict:`` section."""
     if steps:
         return steps
     out = ["extract", "fit"]
-    if "predict" in default_map:
+    if "predict" in sections:
         out.append("predict")
     return out
+
+
+def expand_encoders(name: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """``extract`` takes one encoder: a config listing several extracts once per encoder."""
+    enc = values.get("encoder")
+    if name != "extract" or not isinstance(enc, str) or "," not in enc:
+        return [values]
+    return [{**values, "encoder": e.strip()} for e in enc.split(",") if e.strip()]
 
 
 @app.command("run")
@@ -79,7 +88,7 @@ def run_cmd(
         bad = [s for s in wanted if s not in STEPS]
         if bad:
             raise typer.BadParameter(f"unknown step(s) {bad}; use some of {', '.join(STEPS)}", param_hint="--steps")
-    plan = plan_steps(dm, wanted)
+    plan = plan_steps(cfg.sections, wanted)
     if "predict" in plan:
         pred = dm.setdefault("predict", {})
         fit_out = dm.get("fit", {}).get("out")
@@ -88,19 +97,21 @@ def run_cmd(
         if "cache_dir" not in pred and "cache_dir" in dm.get("extract", {}):
             pred["cache_dir"] = dm["extract"]["cache_dir"]
     ctx.meta["stfeat.config"] = cfg
-    for i, name in enumerate(plan, start=1):
+    runs = [(name, v) for name in plan for v in expand_encoders(name, dm.get(name, {}))]
+    for name, values in runs:
         cmd = group.commands[name]
-        values = dm.get(name, {})
         missing = [p.name for p in cmd.params if getattr(p, "required", False) and p.name not in values]
         if missing:
             raise InputError(cfg.path, f"section {name!r} lacks {', '.join(repr(m) for m in missing)}, which "
                              f"`stfeat {name}` requires.", f"add {missing[0]}: ... under {name}: (or as a shared "
                              "top-level key).")
-        typer.secho(f"[{i}/{len(plan)}] {command_line(cmd, name, values)}", bold=True)
+    for i, (name, values) in enumerate(runs, start=1):
+        cmd = group.commands[name]
+        typer.secho(f"[{i}/{len(runs)}] {command_line(cmd, name, values)}", bold=True)
         if dry_run:
             continue
         sub = cmd.make_context(name, [], parent=root, default_map=values)
         with sub:
             cmd.invoke(sub)
     if dry_run:
-        typer.echo(f"{config}: valid; {len(plan)} step(s) would run.")
+        typer.echo(f"{config}: valid; {len(runs)} command(s) would run.")

@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.reset_peak_memory_stats()
     rate, n, dt = end_to_end(samples, enc, scales=scales, device=device, batch_size=bs, workers=workers)
     print(f"end-to-end:    {rate:9.1f} crops/s  ({n} crops in {dt:.1f} s, {n / len(scales) / dt:.1f} spots/s)")
-    print(f"ratio:         {rate / fwd:9.2f}  (end-to-end / forward-only)")
+    # forward-only again: on a shared machine the load drifts, so the ratio uses the mean of both
+    fwd2 = forward_only(enc, device, crops, iters)
+    print(f"forward-only:  {fwd2:9.1f} crops/s  (again, after end-to-end; load avg {os.getloadavg()[0]:.1f})")
+    print(f"ratio:         {rate / ((fwd + fwd2) / 2):9.2f}  (end-to-end / mean forward-only)")
     me, kids = _rss_mb()
     print(f"peak RSS:      {me:9.0f} MiB main process, {kids:.0f} MiB largest worker")
     if device.startswith("cuda"):

@@ -69,7 +69,7 @@ def quick_mode() -> bool:
 def synthetic_settings(quick: bool) -> dict[str, Any]:
     """Synthetic dataset parameters of the demo (full: 3 patients x 2 sections of 1.5 mm, ~150 spots each)."""
     if quick:
-        return dict(n_patients=3, sections_per_patient=1, n_genes=100, size_um=(800.0, 800.0))
+        return dict(n_patients=3, sections_per_patient=1, n_genes=100, size_um=(600.0, 600.0))
     return dict(n_patients=3, sections_per_patient=2, n_genes=300, size_um=(1500.0, 1500.0))
 
 

@@ -563,7 +563,8 @@ def _versions() -> dict[str, str]:
 # ---------------------------------------------------------------- one sample
 def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encoder", ident: _Identity,
                  dtype: np.dtype, k: int, batch_size: int | None, num_workers: int, device: str,
-                 um_override: float | None, progress: bool, callback: Callable | None) -> tuple[str, int]:
+                 um_override: float | None, progress: bool, callback: Callable | None,
+                 auto_bs: Callable[[], int]) -> tuple[str, int]:
     import h5py
 
     from stfeat.neighbors import spatial_neighbors
@@ -607,7 +608,7 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             um = float(f.attrs.get("um_per_px", um))
         # an interrupted run may have started scales that were not asked for this time: finish them too
         scales = sorted(set(scales) | {float(x) for x in f["features"].keys()})
-    bs = int(batch_size or plan.batch_size or auto_batch_size(enc, device, len(scales)))
+    bs = int(batch_size or plan.batch_size or auto_bs())
     if f is None:
         f = h5py.File(part, "w")
         C.create_datasets(f, barcodes=barcodes, coords=coords)
@@ -787,6 +788,13 @@ def extract(
     dev = _resolve_device(device)
     enc = _build_encoder(encoder, weights=weights, pretrained=pretrained, device=dev)
     workers = default_num_workers(dev) if num_workers is None else int(num_workers)
+    probed: list[int] = []
+
+    def auto_bs() -> int:  # probed once per run, and only when a file needs it
+        if not probed:
+            probed.append(auto_batch_size(enc, dev, len(scales)))
+        return probed[0]
+
     # the next sample loads (counts, coordinates) in a thread while the current one is encoded
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stfeat-load") as pool:
         futures = {work[0]: pool.submit(_load_sample, refs[work[0]])}
@@ -806,7 +814,7 @@ def extract(
                 status, n_comp = _extract_one(refs[i], sample, finals[i], plan, enc=enc, ident=ident, dtype=dt,
                                               k=k_neighbors, batch_size=batch_size, num_workers=workers,
                                               device=dev, um_override=um_per_px, progress=progress,
-                                              callback=callback)
+                                              callback=callback, auto_bs=auto_bs)
             report(SampleResult(sample.sample_id, finals[i], status, int(sample.n_spots), n_comp,
                                 time.perf_counter() - t0, plan.scales))
     return finals

@@ -15,6 +15,10 @@ Examples::
     python benchmarks/bench_extract.py --encoder uni --random --device cuda --workers 12
     python benchmarks/bench_extract.py ... --sweep-threads 1,2 --sweep-workers 0,1,2 --max-spots 48
 
+HER2ST sections are small (~180 spots, ~550 crops): on a fast GPU a section takes well under a
+second, so per-section set-up (worker start, file creation) weighs on the ratio; point --data at
+larger samples (e.g. a HEST-1k root with Visium sections) for the GPU target.
+
 The slides' one-off JPEG decode (memory-mapped and reused by later runs) is timed separately and
 excluded from the end-to-end figure.
 """

@@ -45,11 +45,31 @@ def test_hest_ridge_matches_reference(embeddings):
     assert head.alpha_ == pytest.approx(alpha) == pytest.approx(100 / (256 * 6))
     assert not np.any(head.intercept_)
     P = head.predict(Xte)
-    # same sklearn fit path (randomized PCA: 600 x 400 -> 256); predict differs by float32 rounding
+    # same sklearn PCA (randomized: 600 x 400 -> 256) and LSQR iterations as sklearn's Ridge;
+    # predict differs by float32 rounding only
     np.testing.assert_allclose(P, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    assert head.n_iter_.shape == (6,) and (head.n_iter_ > 1).all()
     # the exact ridge minimiser is close but not HEST's number (LSQR stops at tol=1e-4)
     exact = HestRidge(solver="cholesky").fit(Xtr, Ytr).predict(Xte)
     assert np.abs(exact - ref).max() > 10 * np.abs(P - ref).max()
+
+
+def test_lsqr_multi_matches_scipy_per_target():
+    from scipy.sparse.linalg import lsqr
+
+    from stfeat.heads._lsqr import lsqr_multi
+
+    rng = np.random.default_rng(5)
+    # orthogonal columns of decaying scale, like PCA scores (the case HestRidge uses it for)
+    A = np.linalg.qr(rng.standard_normal((300, 40)))[0] * np.logspace(1.5, -0.5, 40)
+    B = A @ rng.standard_normal((40, 5)) + 0.1 * rng.standard_normal((300, 5))
+    B[:, 4] = 0.0  # an all-zero target: x = 0 without iterating
+    X, n_iter = lsqr_multi(A, B, damp=0.3, iter_lim=500)
+    for j in range(5):
+        x_ref, _, itn, *_ = lsqr(A, B[:, j], damp=0.3, atol=1e-4, btol=1e-4, iter_lim=500)
+        assert n_iter[j] == itn
+        # rounding differs (products through A^T A instead of A): equal well within LSQR's tol
+        np.testing.assert_allclose(X[:, j], x_ref, rtol=0, atol=1e-5 * np.abs(x_ref).max())
 
 
 def test_hest_ridge_user_alpha_and_small_data(embeddings, caplog):
@@ -62,6 +82,14 @@ def test_hest_ridge_user_alpha_and_small_data(embeddings, caplog):
     raw = HestRidge(n_components=None).fit(Xtr, Ytr)
     assert raw.coef_.shape == (6, 400) and raw.alpha_ == pytest.approx(100 / (400 * 6))
     assert raw.predict(Xte).shape == (150, 6)
+    # with an intercept (not HEST's default) the LSQR path matches scikit-learn's Ridge as well
+    from sklearn.linear_model import Ridge
+
+    with_b = HestRidge(n_components=None, fit_intercept=True).fit(Xtr, Ytr)
+    ref = Ridge(alpha=with_b.alpha_, solver="lsqr", fit_intercept=True).fit(
+        Xtr.astype(np.float64), Ytr)
+    np.testing.assert_allclose(with_b.predict(Xte), ref.predict(Xte.astype(np.float64)),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

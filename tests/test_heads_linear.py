@@ -69,7 +69,7 @@ def test_lsqr_multi_matches_scipy_per_target():
         x_ref, _, itn, *_ = lsqr(A, B[:, j], damp=0.3, atol=1e-4, btol=1e-4, iter_lim=500)
         assert n_iter[j] == itn
         # rounding differs (products through A^T A instead of A): equal well within LSQR's tol
-        np.testing.assert_allclose(X[:, j], x_ref, rtol=0, atol=1e-5 * np.abs(x_ref).max())
+        np.testing.assert_allclose(X[:, j], x_ref, rtol=0, atol=1e-4 * np.abs(x_ref).max())
 
 
 def test_hest_ridge_user_alpha_and_small_data(embeddings, caplog):

@@ -85,7 +85,7 @@ def test_notebook_runs_from_the_demo_caches(name, demo_workspace, tmp_path):  # 
         assert (tmp_path / "ablation.png").is_file()
         assert "112+224+448" in text and "hest-ridge" in text
         assert sorted(p.name for p in tmp_path.glob("ablation_*")) == [
-            "ablation_112", "ablation_112_224_448", "ablation_224", "ablation_448"]
+            "ablation_112", "ablation_112_224_448", "ablation_448"]
     else:
         assert (tmp_path / "measured_vs_predicted.png").is_file() and (tmp_path / "grid.png").is_file()
         assert "grid points every 50 um" in text

@@ -150,7 +150,9 @@ def _run(cmd: str, sandbox: Path, timeout: int = 300) -> str:
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], cwd=sandbox, env=_env(sandbox),
                        capture_output=True, text=True, timeout=timeout)
     out = r.stdout + r.stderr
-    assert r.returncode == 0, f"README command failed ({r.returncode}): {cmd}\n{out[-3000:]}"
+    if r.returncode != 0:
+        errors = "\n".join(line for line in out.splitlines() if "rror" in line or "Traceback" in line)
+        pytest.fail(f"README command failed ({r.returncode}): {cmd}\n{errors[-4000:]}\n--- tail ---\n{out[-3000:]}")
     return out
 
 

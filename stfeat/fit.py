@@ -357,7 +357,7 @@ def fit(
             _targets[key] = target_matrix(by_id[sid].expression, genes_, transform)
         return _targets[key]
 
-    split_str = f"{plan.mode} over {plan.group_kind}s"
+    split_str = f"{plan.mode} over {'sections' if plan.mode == 'loso' else plan.group_kind + 's'}"
     base_prov = {"gene_rule": str(rule), "transform": transform, "split": split_str,
                  "stfeat_version": __version__}
     rows, gene_rows, model_dirs = [], [], {}
@@ -522,7 +522,7 @@ def _write_predictions(pred_dir: Path, preds: dict, by_id: dict, targets, prov: 
                                      "x_px": s.coords_px[:, 0], "y_px": s.coords_px[:, 1]}))
         obs_df = pd.concat(obs, ignore_index=True)
         obs_df.index = (obs_df["sample"] + ":" + obs_df["barcode"]).to_numpy()
-        for c in ("sample", "patient", "fold"):
+        for c in ("sample", "patient", "fold", "barcode"):
             obs_df[c] = obs_df[c].astype("category")
         Pm = np.concatenate(P_all)
         a = ad.AnnData(X=Pm, obs=obs_df, var=pd.DataFrame(index=pd.Index(genes, name="gene")))

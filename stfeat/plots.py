@@ -102,7 +102,7 @@ def plot_gene_maps(thumb, coords_px: np.ndarray, measured: np.ndarray, predicted
     """
     plt = _plt()
     g = len(genes)
-    fig, axes = plt.subplots(g, 2, figsize=(7, 3.3 * g), squeeze=False)
+    fig, axes = plt.subplots(g, 2, figsize=(7, 3.0 * g), squeeze=False, layout="constrained")
     for i, gene in enumerate(genes):
         m, p = measured[:, i], predicted[:, i]
         lo = float(np.nanmin([np.nanmin(m), np.nanmin(p)]))
@@ -123,7 +123,7 @@ def plot_expression_map(thumb, coords_px: np.ndarray, values: np.ndarray, genes:
     genes = list(genes)[:6]
     ncol = min(3, len(genes))
     nrow = int(np.ceil(len(genes) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 4 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 4 * nrow), squeeze=False, layout="constrained")
     for i, gene in enumerate(genes):
         ax = axes[i // ncol, i % ncol]
         sc = _draw(ax, thumb, coords_px, values[:, i], f"{gene} predicted")

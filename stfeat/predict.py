@@ -285,6 +285,7 @@ def predict(model_dir: str | Path, sample: Any, *, out: str | Path | None = None
         a.layers["predicted"] = P
         a.obsm["spatial"] = pts
         prov.update(features="extracted", grid_step_um=float(grid_um), tissue=how)
+    a.obs["sample"] = a.obs["sample"].astype("category")
     a.uns["stfeat"] = {k: str(v) if not isinstance(v, float) else v for k, v in prov.items()}
     if out is not None:
         out = Path(out)

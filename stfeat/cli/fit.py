@@ -138,7 +138,8 @@ def fit_cmd(
     for note in res.notes:
         typer.secho(f"NOTE: {note}", fg=typer.colors.YELLOW, err=True)
     split_info = res.metrics["split"]
-    typer.echo(f"split: {split_info['mode']} over {split_info['group_kind']}s; genes: "
+    over = "sections" if split_info["mode"] == "loso" else split_info["group_kind"] + "s"
+    typer.echo(f"split: {split_info['mode']} over {over}; genes: "
                f"{res.metrics['genes']['description']}; transform: {res.metrics['transform']}")
     typer.echo("mean Pearson r per held-out sample (columns) and mean over folds:")
     typer.echo(res.comparison.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

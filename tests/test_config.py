@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -180,3 +181,56 @@ def test_shipped_configs_validate_against_the_real_cli(path):
     assert cfg.meta.get("description"), f"{path.name} should say what it is for"
     dm = build_default_map(cfg, group)
     assert dm, f"{path.name} sets nothing"
+
+
+def test_run_dry_run_and_missing_required_key(tmp_path):
+    from stfeat.cli import app
+
+    r = CliRunner().invoke(app, ["run", str(REPO / "configs" / "hest_benchmark.yaml"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    # One extract per listed encoder, then one fit comparing them all.
+    assert r.output.count("stfeat extract") == 7 and r.output.count("stfeat fit") == 1
+    assert "--encoder uni --scales 112" in r.output and "--head hest-ridge" in r.output
+    assert "--split lopo" in r.output and "valid; 8 command(s)" in r.output
+    cfg = _write(tmp_path / "partial.yaml", {"description": "no data", "encoder": "classical"})
+    r = CliRunner().invoke(app, ["run", str(cfg), "--dry-run"])
+    assert r.exit_code == 1 and "section 'extract' lacks 'path'" in r.output and "partial.yaml" in r.output
+    r = CliRunner().invoke(app, ["run", str(cfg), "--steps", "extract,train"])
+    assert r.exit_code == 2 and "train" in r.output
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_head_params_are_valid(path):
+    from stfeat.heads import make_head
+
+    params = (yaml.safe_load(path.read_text()).get("fit") or {}).get("head_params") or {}
+    for head, kw in params.items():
+        make_head(head, **kw)  # raises on an unknown head or parameter
+
+
+@pytest.mark.realdata
+def test_her2st_config_runs_on_shared_data(her2st, shared_weights, tmp_path):
+    """configs/her2st.yaml, unchanged, on a cut-down view of ../shared/data/her2st (2 sections x 12 spots)."""
+    import shutil
+
+    from test_readme import make_mini_her2st
+
+    from stfeat.cli import app
+
+    # Same relative layout as the repository: <root>/main/configs/her2st.yaml -> ../../shared/...
+    (tmp_path / "main" / "configs").mkdir(parents=True)
+    cfg = tmp_path / "main" / "configs" / "her2st.yaml"
+    shutil.copy(REPO / "configs" / "her2st.yaml", cfg)
+    make_mini_her2st(her2st, tmp_path / "shared" / "data" / "her2st", n_spots=12)
+    (tmp_path / "shared" / "weights").symlink_to(shared_weights)
+    r = CliRunner().invoke(app, ["run", str(cfg)])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "main" / "runs" / "her2st_densenet121"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"]["mode"] == "loso"  # one patient: leave one section out, with a note
+    assert list(metrics["encoders"]) == ["densenet121"] and len(metrics["split"]["folds"]) == 2
+    assert sorted(p.name for p in (tmp_path / "main" / "stfeat_cache" / "densenet121").glob("*.h5")) == [
+        "C2.h5", "C3.h5"]
+    resolved = yaml.safe_load((out / "resolved_config.yaml").read_text())
+    assert resolved["config_file"] == str(cfg.resolve())
+    assert resolved["sources"]["fit"]["head"] == "config"

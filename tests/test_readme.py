@@ -191,15 +191,13 @@ def test_synthetic_commands_run(demo_workspace, tmp_path):  # noqa: F811
     assert len(list((sandbox / "cache_array" / "classical").glob("*.h5"))) == 3
 
 
-@pytest.fixture
-def her2st_sandbox(her2st, shared_weights, tmp_path) -> Path:
-    """her2st/: sections C2 and C3 cut to a compact patch of 16 spots each (real counts, real images)."""
+def make_mini_her2st(her2st: Path, root: Path, sections=("C2", "C3"), n_spots: int = 16) -> Path:
+    """A HER2ST-layout folder with a compact patch of ``n_spots`` spots per section (real counts and
+    images, symlinked; only the spot files are cut down)."""
     import numpy as np
     import pandas as pd
 
-    sandbox = tmp_path / "sandbox"
-    root = sandbox / "her2st"
-    for sid in ("C2", "C3"):
+    for sid in sections:
         for sub in ("ST-cnts", "ST-spotfiles", f"ST-imgs/C/{sid}"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         (root / "ST-cnts" / f"{sid}.tsv.gz").symlink_to(her2st / "ST-cnts" / f"{sid}.tsv.gz")
@@ -208,8 +206,16 @@ def her2st_sandbox(her2st, shared_weights, tmp_path) -> Path:
         spots = pd.read_csv(her2st / "ST-spotfiles" / f"{sid}_selection.tsv", sep="\t")
         xy = spots[["pixel_x", "pixel_y"]].to_numpy(float)
         centre = np.argmin(np.linalg.norm(xy - np.median(xy, axis=0), axis=1))
-        keep = np.sort(np.argsort(np.linalg.norm(xy - xy[centre], axis=1))[:16])
+        keep = np.sort(np.argsort(np.linalg.norm(xy - xy[centre], axis=1))[:n_spots])
         spots.iloc[keep].to_csv(root / "ST-spotfiles" / f"{sid}_selection.tsv", sep="\t", index=False)
+    return root
+
+
+@pytest.fixture
+def her2st_sandbox(her2st, shared_weights, tmp_path) -> Path:
+    """her2st/: sections C2 and C3 cut to 16 spots each; weights/: ../shared/weights."""
+    sandbox = tmp_path / "sandbox"
+    make_mini_her2st(her2st, sandbox / "her2st")
     (sandbox / "weights").symlink_to(shared_weights)
     return sandbox
 

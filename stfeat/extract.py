@@ -14,13 +14,14 @@ n_scales`` crops.
 Sharding: ``shard=(i, n)`` (or ``"i/n"``, **0-based**: ``0/4`` .. ``3/4``) keeps samples ``i, i+n,
 i+2n, ...`` of the list; without it, torchrun's ``RANK``/``WORLD_SIZE`` are used. Each rank writes its
 own files; the per-file lock refuses any overlap.
+
+This module plans the cache files, writes them and identifies the encoder; the crops, batching and
+device loop live in :mod:`stfeat.batching` (its public names are re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import queue
@@ -28,23 +29,32 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from stfeat import _constants as K
 from stfeat import cache as C
+from stfeat.batching import (
+    CPU_BATCH_SIZE,
+    DEFAULT_SCALES_UM,
+    CropDataset,
+    _bar,
+    _blocks,
+    _build_encoder,
+    _resolve_device,
+    auto_batch_size,
+    default_num_workers,
+    extract_points,
+    iter_features,
+)
 from stfeat.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
     from stfeat.encoders.base import Encoder
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCALES_UM: tuple[float, ...] = (112.0, 224.0, 448.0)
-CPU_BATCH_SIZE = 32
 _SPEC_KEYS = ("name", "arch", "embed_dim", "input_px", "mean", "std", "pooling", "precision", "model_kwargs")
 
 
@@ -71,33 +81,6 @@ class SampleResult:
 
 
 # ---------------------------------------------------------------- encoder identity (no model built)
-def _sha256_file(path: Path, memo_dir: Path | None) -> str:
-    """sha256 of a weights file, memoised by (path, size, mtime) in ``memo_dir`` so that a rerun over
-    complete caches does not re-hash gigabytes."""
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    memo = memo_dir / ".weights_sha256.json" if memo_dir is not None else None
-    table: dict[str, str] = {}
-    if memo is not None and memo.exists():
-        with contextlib.suppress(OSError, ValueError):
-            table = json.loads(memo.read_text())
-            if key in table:
-                return table[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    if memo is not None:
-        with contextlib.suppress(OSError):
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            table[key] = digest
-            tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(table, indent=0))
-            os.replace(tmp, memo)
-    return digest
-
-
 def _spec_subset(spec: Any) -> dict[str, Any]:
     d = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
     return {k: d.get(k) for k in _SPEC_KEYS}
@@ -123,6 +106,9 @@ def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = N
     A registry name contributes its spec (architecture, input size, normalisation, pooling,
     precision); a weights file its sha256; default pretrained weights their hub id; random weights
     (seeded) the word "random". The config hash of the cache is the hash of this dict.
+
+    A weights file's digest is memoised by :func:`stfeat.encoders._weights.weights_sha256` (the same
+    fingerprint ``Encoder.weights_id`` records); ``memo_dir`` is accepted for compatibility and unused.
     """
     from stfeat.encoders.base import Encoder
 
@@ -141,14 +127,10 @@ def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = N
         spec = get_spec(name)
     except (KeyError, ImportError, AttributeError):
         spec = None
-    try:  # the encoders package's own fingerprint, so cache and Encoder.weights_id agree
-        from stfeat.encoders._weights import find_local_weights, resolve_weights_file, weights_id
-    except ImportError:  # pragma: no cover - encoders package without these helpers
-        find_local_weights = None
-        resolve_weights_file = Path
-        weights_id = None
-    if weights is None and pretrained and spec is not None and find_local_weights is not None \
-            and getattr(spec, "family", "") != "classical":
+    # the encoders package's own fingerprint, so cache and Encoder.weights_id agree
+    from stfeat.encoders._weights import find_local_weights, resolve_weights_file, weights_id
+
+    if weights is None and pretrained and spec is not None and getattr(spec, "family", "") != "classical":
         hub_base = spec.hub_id.rsplit("/", 1)[-1] if spec.hub_id else ""
         from stfeat.encoders.base import aliases_of
 
@@ -158,7 +140,7 @@ def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = N
         if not wp.exists():
             raise InputError(wp, "the weights file does not exist.", "check the --weights path.")
         wp = resolve_weights_file(wp)
-        wid = weights_id(wp) if weights_id is not None else "sha256:" + _sha256_file(wp, memo_dir)
+        wid = weights_id(wp)
     elif pretrained:
         wid = f"pretrained:{getattr(spec, 'hub_id', None) or name}"
     else:
@@ -167,240 +149,6 @@ def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = N
     ident = {"encoder": resolved, "spec": _spec_subset(spec) if spec is not None else None, "weights_id": wid}
     return _Identity(resolved, C.encoder_tag(resolved), wid, ident,
                      int(spec.input_px) if spec is not None else None)
-
-
-def _build_encoder(encoder: "str | Encoder", *, weights, pretrained: bool, device: str) -> "Encoder":
-    import torch
-
-    from stfeat.encoders.base import Encoder
-
-    if isinstance(encoder, Encoder):
-        enc = encoder
-    else:
-        from stfeat.encoders import create_encoder
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # random-weight runs are reproducible (and resumable)
-            enc = create_encoder(str(encoder), weights=weights, device=device, pretrained=pretrained)
-    enc.to(device)
-    enc.model.eval()
-    if torch.device(device).type == "cuda" and getattr(enc.spec, "channels_last", False):
-        enc.model.to(memory_format=torch.channels_last)
-    return enc
-
-
-# ---------------------------------------------------------------- crops
-class CropDataset:
-    """A torch-style dataset whose item ``i`` is block ``i`` of spots, all scales decoded together.
-
-    Items are ``(start, crops uint8 (b, S, px, px, 3), padded bool (b, S))``: one item per batch keeps
-    worker-to-main IPC to one shared-memory tensor per batch.
-    """
-
-    def __init__(self, slide: Any, centres_px: np.ndarray, blocks: Sequence[tuple[int, int]],
-                 scales_um: Sequence[float], out_px: int, um_per_px: float) -> None:
-        self.slide = slide
-        self.centres = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
-        self.blocks = list(blocks)
-        self.scales_um = [float(s) for s in scales_um]
-        self.out_px = int(out_px)
-        self.um_per_px = float(um_per_px)
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, i: int):
-        import torch
-
-        a, b = self.blocks[i]
-        crops = np.empty((b - a, len(self.scales_um), self.out_px, self.out_px, 3), dtype=np.uint8)
-        padded = np.zeros((b - a, len(self.scales_um)), dtype=bool)
-        for j, s in enumerate(self.scales_um):
-            crops[:, j], padded[:, j] = self.slide.read_regions(self.centres[a:b], s, self.out_px,
-                                                                um_per_px=self.um_per_px)
-        return a, torch.from_numpy(crops), torch.from_numpy(padded)
-
-
-def _blocks(n: int, batch_size: int) -> list[tuple[int, int]]:
-    return [(a, min(n, a + batch_size)) for a in range(0, n, batch_size)]
-
-
-def _resolve_device(device: str | None) -> str:
-    import torch
-
-    local = os.environ.get("LOCAL_RANK")  # torchrun: one GPU per local rank
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return f"cuda:{local}" if local is not None else "cuda"
-        return "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, f"device {device!r} was requested but torch sees no CUDA GPU.",
-                         "use --device cpu, or install a CUDA build of torch on a GPU machine.")
-    if device == "cuda" and local is not None:
-        return f"cuda:{local}"
-    return str(device)
-
-
-def default_num_workers(device: str) -> int:
-    """DataLoader workers: on CPU one decoder process next to the compute threads (measured on 2
-    cores: see benchmarks/bench_extract.py); on GPU most cores, leaving one for the main thread."""
-    n = os.cpu_count() or 1
-    if device.startswith("cuda"):
-        return max(1, min(16, n - 1))
-    return 1 if n >= 2 else 0
-
-
-def auto_batch_size(encoder: "Encoder", device: str, n_scales: int, *, start_crops: int = 1024) -> int:
-    """Spots per batch: 32 on CPU; on CUDA the largest power-of-two crop batch (from ``start_crops``)
-    whose forward pass fits, halved on out-of-memory, divided by the number of scales."""
-    import torch
-
-    if not device.startswith("cuda"):
-        return CPU_BATCH_SIZE
-    px = int(encoder.spec.input_px)
-    crops = start_crops
-    while crops >= n_scales:
-        try:
-            x = torch.randint(0, 256, (crops, px, px, 3), dtype=torch.uint8, device=device)
-            encoder(x)
-            torch.cuda.synchronize(device)
-            del x
-            return max(1, crops // n_scales)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            crops //= 2
-    return 1
-
-
-def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", scales_um: Sequence[float],
-                  um_per_px: float, batch_size: int, blocks: Sequence[tuple[int, int]] | None = None,
-                  num_workers: int = 0, device: str | None = None, prefetch_factor: int = 4,
-                  ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """Yield ``(start, stop, features float32 (b, S, d), padded bool (b, S))`` block by block.
-
-    The encoder must already be on ``device``. Decoding runs in ``num_workers`` DataLoader
-    processes, each decoding chunks of about ``batch_size / num_workers`` spots (so the first batch
-    of a sample is ready after one chunk's decode time, not one batch's); chunks are reassembled into
-    the fixed blocks here. On CUDA, chunks are copied from pinned memory into the device batch as
-    they arrive (non-blocking) and the device-to-host copy of one batch overlaps the next forward.
-    """
-    import torch
-    from torch.utils.data import DataLoader
-
-    device = _resolve_device(device)
-    n = len(centres_px)
-    blocks = _blocks(n, batch_size) if blocks is None else list(blocks)
-    if not blocks:
-        return
-    if hasattr(slide, "load"):
-        slide.load()  # decode a JPEG once, before forking, so workers share its memory map
-    workers = max(0, min(int(num_workers), sum(b - a for a, b in blocks)))
-    chunk = max(1, -(-max(b - a for a, b in blocks) // max(1, workers)))
-    chunks = [(c, min(b, c + chunk)) for a, b in blocks for c in range(a, b, chunk)]
-    px = int(encoder.spec.input_px)
-    ds = CropDataset(slide, centres_px, chunks, scales_um, px, um_per_px)
-    cuda = device.startswith("cuda")
-    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda,
-                        prefetch_factor=prefetch_factor if workers else None, persistent_workers=False)
-    S = len(scales_um)
-
-    def finish(p):  # wait for a batch's device-to-host copy and hand it out
-        p_start, p_host, p_ev, p_pad = p
-        p_ev.synchronize()
-        return p_start, p_start + p_pad.shape[0], p_host.view(p_pad.shape[0], S, -1).numpy(), p_pad.numpy()
-
-    todo = iter(blocks)
-    a, b = next(todo)
-    parts: list = []
-    pads: list = []
-    buf = None
-    pending = None
-    for start, crops, padded in loader:
-        start = int(start)
-        if cuda:
-            if buf is None:
-                buf = torch.empty((b - a, S, px, px, 3), dtype=torch.uint8, device=device)
-            buf[start - a:start - a + crops.shape[0]].copy_(crops, non_blocking=True)
-        parts.append(crops)
-        pads.append(padded)
-        if start + crops.shape[0] < b:
-            continue
-        x = buf if cuda else (parts[0] if len(parts) == 1 else torch.cat(parts))
-        padded_b = pads[0] if len(pads) == 1 else torch.cat(pads)
-        out = encoder(x.view((b - a) * S, px, px, 3))
-        if cuda:
-            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-            host.copy_(out, non_blocking=True)
-            ev = torch.cuda.Event()
-            ev.record()
-            if pending is not None:
-                yield finish(pending)
-            pending = (a, host, ev, padded_b)
-        else:
-            yield a, b, out.view(b - a, S, -1).numpy(), padded_b.numpy()
-        parts, pads, buf = [], [], None
-        a, b = next(todo, (b, b))
-    if pending is not None:
-        yield finish(pending)
-
-
-def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encoder", scales_um: Sequence[float]
-                   = DEFAULT_SCALES_UM, um_per_px: float | None = None, batch_size: int | None = None,
-                   num_workers: int = 0, device: str | None = None, weights: str | Path | None = None,
-                   return_padded: bool = False, progress: bool = False,
-                   ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Features at arbitrary points (e.g. a dense grid), same crops and encoder path as :func:`extract`.
-
-    Parameters
-    ----------
-    slide
-        A :class:`stfeat.slide.Slide` (or anything with the same ``read_regions``).
-    centres_px
-        (n, 2) centres in level-0 px, (x, y).
-    encoder
-        A built :class:`~stfeat.encoders.base.Encoder` or a name for ``create_encoder``.
-    um_per_px
-        Micrometres per level-0 px; default the slide's own.
-    return_padded
-        Also return scale name -> (n,) bool "crop ran past the image edge".
-
-    Returns
-    -------
-    dict
-        Scale name (``"112"``) -> (n, d) float32 features.
-    """
-    from stfeat.encoders.base import Encoder
-
-    dev = _resolve_device(device)
-    enc = encoder if isinstance(encoder, Encoder) else _build_encoder(encoder, weights=weights, pretrained=True,
-                                                                       device=dev)
-    enc.to(dev)
-    enc.model.eval()
-    um = um_per_px if um_per_px is not None else getattr(slide, "um_per_px", None)
-    if um is None:
-        raise InputError(getattr(slide, "path", None), "the micrometres per pixel of the image is unknown.",
-                         "pass um_per_px=... (CLI: --um-per-px).")
-    centres = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
-    n, S = len(centres), len(scales_um)
-    bs = batch_size or auto_batch_size(enc, dev, S)
-    names = [C.scale_name(s) for s in scales_um]
-    feats = {s: np.zeros((n, enc.embed_dim), np.float32) for s in names}
-    pads = {s: np.zeros(n, bool) for s in names}
-    bar = _bar(n, "points", progress)
-    for a, b, f, p in iter_features(slide, centres, encoder=enc, scales_um=scales_um, um_per_px=float(um),
-                                    batch_size=bs, num_workers=num_workers, device=dev):
-        for j, s in enumerate(names):
-            feats[s][a:b] = f[:, j]
-            pads[s][a:b] = p[:, j]
-        bar.update(b - a)
-    bar.close()
-    return (feats, pads) if return_padded else feats
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="spot", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------- the writer thread
@@ -766,7 +514,7 @@ def extract(
     refs = _as_refs(samples, um_per_px)
     rank, world = _parse_shard(shard)
     refs = refs[rank::world]
-    ident = encoder_identity(encoder, weights=weights, pretrained=pretrained, memo_dir=root)
+    ident = encoder_identity(encoder, weights=weights, pretrained=pretrained)
     finals = [C.cache_path(root, ident.tag, r.sample_id) for r in refs]
     plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite)
              for p in finals]
@@ -821,4 +569,4 @@ def extract(
 
 
 __all__ = ["extract", "extract_points", "iter_features", "encoder_identity", "SampleResult", "CropDataset",
-           "auto_batch_size", "default_num_workers", "DEFAULT_SCALES_UM"]
+           "auto_batch_size", "default_num_workers", "DEFAULT_SCALES_UM", "CPU_BATCH_SIZE"]

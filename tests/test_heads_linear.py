@@ -60,16 +60,16 @@ def test_lsqr_multi_matches_scipy_per_target():
     from stfeat.heads._lsqr import lsqr_multi
 
     rng = np.random.default_rng(5)
-    # orthogonal columns of decaying scale, like PCA scores (the case HestRidge uses it for)
-    A = np.linalg.qr(rng.standard_normal((300, 40)))[0] * np.logspace(1.5, -0.5, 40)
+    A = rng.standard_normal((300, 40)) * np.logspace(0, -1, 40)
     B = A @ rng.standard_normal((40, 5)) + 0.1 * rng.standard_normal((300, 5))
     B[:, 4] = 0.0  # an all-zero target: x = 0 without iterating
     X, n_iter = lsqr_multi(A, B, damp=0.3, iter_lim=500)
     for j in range(5):
         x_ref, _, itn, *_ = lsqr(A, B[:, j], damp=0.3, atol=1e-4, btol=1e-4, iter_lim=500)
         assert n_iter[j] == itn
-        # rounding differs (products through A^T A instead of A): equal well within LSQR's tol
-        np.testing.assert_allclose(X[:, j], x_ref, rtol=0, atol=1e-4 * np.abs(x_ref).max())
+        # only the summation order of the products differs; LSQR amplifies rounding once it
+        # nears the Krylov dimension: scipy itself moves by 1e-5 here when A is Fortran-ordered
+        np.testing.assert_allclose(X[:, j], x_ref, rtol=0, atol=5e-5 * np.abs(x_ref).max())
 
 
 def test_hest_ridge_user_alpha_and_small_data(embeddings, caplog):

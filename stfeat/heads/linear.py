@@ -35,13 +35,11 @@ class HestRidge(BaseHead):
       (the PCA scores rounded to float32 as ``torch.Tensor`` does, then the ridge in float64, which
       is what scikit-learn makes of a torch tensor). ``predict`` applies the stored arrays with
       the same formulas (no pickled sklearn objects), equal to HEST's to float32 rounding.
-    * ``solver="lsqr"`` (HEST's) on PCA scores runs scikit-learn's LSQR recurrence (``Ridge`` tol
-      1e-4) for all genes at once in the small space of the scores
-      (:func:`stfeat.heads._lsqr.lsqr_multi`), 10-100x faster than scikit-learn's
-      one-gene-at-a-time loop: the same iterations per gene and coefficients equal to 1e-13 on
-      HEST-shaped tests, to 1e-5 relative on long runs (rounding differs; LSQR's own tolerance
-      is 1e-4; a gene whose stopping test sits on its threshold could stop one iteration apart).
-      Without PCA and for other solvers, scikit-learn's ``Ridge`` itself runs;
+    * ``solver="lsqr"`` (HEST's) on PCA scores runs scikit-learn's LSQR recurrence (``Ridge``
+      tol 1e-4) for all genes at once with matrix-matrix products
+      (:func:`stfeat.heads._lsqr.lsqr_multi`), many times faster than scikit-learn's
+      one-gene-at-a-time loop; iterations per gene are the same and coefficients agree to
+      rounding. Without PCA and for other solvers, scikit-learn's ``Ridge`` itself runs;
       ``"cholesky"`` is the exact ridge minimiser, which differs from HEST's numbers by LSQR's
       early stop (about 1% of the coefficients).
 
@@ -134,8 +132,7 @@ class HestRidge(BaseHead):
         T64 = T.astype(np.float64)
         self.n_iter_ = None
         if self.solver == "lsqr" and self.components_ is not None:
-            # scikit-learn's LSQR recurrence for all genes at once (see stfeat.heads._lsqr); the
-            # PCA scores have orthogonal columns, where it reproduces scikit-learn to rounding
+            # scikit-learn's LSQR recurrence for all genes at once (see stfeat.heads._lsqr)
             from stfeat.heads._lsqr import lsqr_multi
 
             x_off = T64.mean(0) if self.fit_intercept else np.zeros(T64.shape[1])

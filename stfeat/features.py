@@ -45,24 +45,21 @@ def cache_file(cache_dir: str | Path, encoder: str, sample_id: str) -> Path:
 
 
 def knn_within(coords_um: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest other spots (self excluded); -1 / inf pads samples with fewer than k+1 spots."""
+    """k nearest other spots (self excluded); -1 / inf pads samples with fewer than k+1 spots.
+
+    Used when a cache holds fewer than k neighbours and for prediction grids.
+    """
     n = len(coords_um)
     idx = np.full((n, k), -1, dtype=np.int64)
     dist = np.full((n, k), np.inf, dtype=np.float32)
     kk = min(k, n - 1)
     if kk <= 0 or k <= 0:
         return idx, dist
-    try:
-        from stfeat.neighbors import spatial_neighbors
-    except ImportError:  # neighbors module absent: same result from scipy's exact KD-tree
-        spatial_neighbors = None
-    if spatial_neighbors is not None:
-        i, d = spatial_neighbors(np.asarray(coords_um, dtype=np.float64), kk)
-    else:
-        from scipy.spatial import cKDTree
+    # exact k-d tree on 2-D coordinates: ~0.2 s for 100,000 spots (a flat FAISS index is O(n^2) here)
+    from scipy.spatial import cKDTree
 
-        d, i = cKDTree(coords_um).query(coords_um, k=kk + 1)
-        d, i = d[:, 1:], i[:, 1:]
+    d, i = cKDTree(coords_um).query(coords_um, k=kk + 1)
+    d, i = d[:, 1:], i[:, 1:]
     idx[:, :kk] = i
     dist[:, :kk] = d
     return idx, dist
@@ -264,13 +261,15 @@ def flat_features(sf: SampleFeatures, scales: Sequence[str], *, neighbor_mean: b
     X = np.concatenate([np.asarray(sf.features[s], np.float32) for s in scales], axis=1)
     if not neighbor_mean:
         return X
+    import scipy.sparse as sp
+
     idx, _ = sf.neighbor_graph(k)
     valid = idx >= 0
-    acc = np.zeros_like(X)
-    for j in range(idx.shape[1]):  # one neighbour at a time: memory O(n * D), not O(n * k * D)
-        acc += X[np.clip(idx[:, j], 0, None)] * valid[:, j, None]
-    acc /= np.maximum(valid.sum(axis=1, keepdims=True), 1)
-    return np.concatenate([X, acc], axis=1)
+    rows = np.repeat(np.arange(len(idx)), valid.sum(axis=1))
+    w = (1.0 / np.maximum(valid.sum(axis=1), 1)).astype(np.float32)[rows]
+    # row-normalised adjacency times X: memory O(n * D), one pass (no (n, k, D) gather)
+    A = sp.csr_matrix((w, (rows, idx[valid])), shape=(len(idx), len(idx)))
+    return np.concatenate([X, np.asarray(A @ X, dtype=np.float32)], axis=1)
 
 
 def token_features(sf: SampleFeatures, scales: Sequence[str], *, k: int = 8,

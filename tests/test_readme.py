@@ -146,7 +146,49 @@ def _env(sandbox: Path) -> dict[str, str]:
     return env
 
 
-def _run(cmd: str, sandbox: Path, timeout: int = 300) -> str:
+_ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
+
+
+def _in_process(cmd: str, sandbox: Path) -> str | None:
+    """Run a plain ``[VAR=value ...] stfeat ARGS`` line with CliRunner (no interpreter start-up per
+    command); return None for anything needing a shell (pipes, redirects, &&, torchrun, ...)."""
+    if any(ch in cmd for ch in "|><;&$`") or "\\" in cmd:
+        return None
+    words = shlex.split(cmd)
+    env = {}
+    while words and _ENV_WORD.match(words[0]):
+        k, v = words.pop(0).split("=", 1)
+        env[k] = v
+    if not words or words[0] != "stfeat":
+        return None
+    from typer.testing import CliRunner
+
+    from stfeat.cli import app
+
+    full = _env(sandbox)
+    full.update(env)
+    old_cwd = Path.cwd()
+    os.chdir(sandbox)
+    try:
+        r = CliRunner().invoke(app, words[1:], env={k: v for k, v in full.items() if k.startswith(("STFEAT_", "HF_"))}
+                               | {"STFEAT_WEIGHTS_DIR": env.get("STFEAT_WEIGHTS_DIR")})
+    finally:
+        os.chdir(old_cwd)
+    if r.exit_code != 0:
+        import traceback
+
+        tb = "".join(traceback.format_exception(r.exception)) if r.exception and not isinstance(
+            r.exception, SystemExit) else ""
+        pytest.fail(f"README command failed ({r.exit_code}): {cmd}\n{r.output[-3000:]}\n{tb[-3000:]}")
+    return r.output
+
+
+def _run(cmd: str, sandbox: Path, timeout: int = 300, *, shell: bool = False) -> str:
+    """Run one README line in ``sandbox``: in-process when it is a plain `stfeat` call, else with bash."""
+    if not shell:
+        out = _in_process(cmd, sandbox)
+        if out is not None:
+            return out
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], cwd=sandbox, env=_env(sandbox),
                        capture_output=True, text=True, timeout=timeout)
     out = r.stdout + r.stderr
@@ -169,7 +211,7 @@ def test_setup_demo_command_runs(demo_workspace, tmp_path):  # noqa: F811
     sandbox = _sandbox_with_demo(tmp_path, demo_workspace)
     (cmd,) = commands("setup-demo")
     demo_part = cmd.split("&&", 1)[1].strip()
-    out = _run(demo_part, sandbox)
+    out = _run(demo_part, sandbox, shell=True)  # through the installed console script
     assert "SYNTHETIC DATA" in out and "Next, on real data:" in out
     assert "skipped" in out or "reusing" in out or "[2/4] extract" in out
     assert (sandbox / "stfeat_demo" / "demo_summary.json").is_file()

@@ -16,7 +16,7 @@ from stfeat.synthetic import (
     render_section,
 )
 
-SMALL = dict(n_patients=2, sections_per_patient=1, n_genes=80, size_um=(800.0, 800.0), seed=3)
+SMALL = dict(n_patients=2, sections_per_patient=1, n_genes=80, size_um=(700.0, 700.0), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_tiff_pyramid_and_resolution(small):
 
     sl = tiffslide.TiffSlide(small.root / "wsis" / "SYN-P1-S1.tif")
     try:
-        assert sl.dimensions == (1600, 1600)  # 800 um at 0.5 um/px
+        assert sl.dimensions == (1400, 1400)  # 700 um at 0.5 um/px
         assert sl.level_count >= 2
         assert float(sl.properties["tiffslide.mpp-x"]) == pytest.approx(0.5)
         region = np.asarray(sl.read_region((0, 0), 0, (64, 64)).convert("RGB"))
@@ -74,10 +74,10 @@ def test_spots_on_hex_lattice_inside_image(small):
 
     a = _read(small, "SYN-P1-S1")
     xy = a.obsm["spatial"]
-    assert xy.min() >= 0 and xy.max() <= 1600
+    assert xy.min() >= 0 and xy.max() <= 1400
     d, _ = cKDTree(xy).query(xy, k=2)
     assert np.median(d[:, 1]) == pytest.approx(200.0, rel=1e-6)  # 100 um pitch at 0.5 um/px
-    lat = hex_spots((800.0, 800.0), 100.0, 50.0)
+    lat = hex_spots((700.0, 700.0), 100.0, 50.0)
     assert np.all(np.diff(np.unique(lat[:, 1])) == pytest.approx(100 * np.sqrt(3) / 2))
 
 

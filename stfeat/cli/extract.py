@@ -92,5 +92,9 @@ def extract_cmd(
                     k_neighbors=k_neighbors, batch_size=batch_size, num_workers=workers, device=device,
                     overwrite=overwrite, shard=shard, dtype=dtype.value, um_per_px=um_per_px,
                     pretrained=not random_weights, progress=True, on_sample=on_sample)
+    from stfeat.config import save_resolved_config
+
+    for folder in sorted({p.parent for p in paths}):  # one per encoder tag, next to the caches
+        save_resolved_config(None, folder)
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to do"
     typer.echo(f"{len(paths)} cache file(s) under {root}: {summary}; total {time.perf_counter() - t0:.2f} s")

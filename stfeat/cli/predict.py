@@ -48,6 +48,9 @@ def predict_cmd(
             raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+    from stfeat.config import save_resolved_config
+
+    save_resolved_config(None, out.parent)
     kind = f"{a.n_obs} grid points every {grid:g} um" if grid else f"{a.n_obs} spots"
     typer.echo(f"{a.uns['stfeat']['sample_id']}: predicted {a.n_vars} genes at {kind} -> {out}"
                + (f" (+ {out.with_suffix('.png')})" if plot else ""))

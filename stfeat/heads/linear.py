@@ -255,14 +255,25 @@ class RidgeCVHead(BaseHead):
 
     # -- linear algebra helpers (torch float32 on CPU; MKL's eigh is ~2x OpenBLAS's) ----------
     @staticmethod
-    def _eig_primal(G):
+    def _gram(Xt):
+        """Upper triangle of ``Xt^T Xt`` (d, d) by BLAS syrk: half the flops of a matmul."""
+        import torch
+        from scipy.linalg.blas import dsyrk, ssyrk
+
+        A = Xt.numpy()
+        syrk = ssyrk if A.dtype == np.float32 else dsyrk
+        # A.T of a C-ordered (n, d) array is Fortran-ordered (d, n): no copy; C = A.T (A.T)^T
+        return torch.from_numpy(syrk(1.0, A.T, trans=0, lower=0))
+
+    @staticmethod
+    def _eig_primal(G, uplo: str = "L"):
         import torch
 
         # one thread: the tridiagonal reduction inside eigh is memory-bound with a barrier per
         # column; on 2 cores it gains little, and when the machine is busy OpenMP's waiting
         # threads make it 5-8x slower (3072 x 3072: 1.9 s on 1 thread, 12-16 s on 2 under load)
         with torch_threads(1):
-            s, V = torch.linalg.eigh(G)
+            s, V = torch.linalg.eigh(G, UPLO=uplo)
         return s.clamp_min(0), V
 
     def _path_scores(self, s, Q, yy, n_eff, alphas, mode_resid_dual: bool):
@@ -357,8 +368,8 @@ class RidgeCVHead(BaseHead):
 
         n, d = Xt.shape
         if n >= d:
-            G = Xt.T @ Xt
-            s, V = self._eig_primal(G)
+            G = self._gram(Xt)
+            s, V = self._eig_primal(G, "U")
             del G
             C = Xt.T @ Yt
             Q = V.T @ C
@@ -427,7 +438,7 @@ class RidgeCVHead(BaseHead):
             Xte = Xt[te_t] - mx
             Yte = (Yt[te_t] - my).double()
             if len(tr) >= d:
-                s, V = self._eig_primal(Xtr.T @ Xtr)
+                s, V = self._eig_primal(self._gram(Xtr.contiguous()), "U")
                 Q = V.T @ (Xtr.T @ Ytr)
                 P = Xte @ V
             else:

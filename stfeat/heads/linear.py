@@ -135,13 +135,8 @@ class HestRidge(BaseHead):
             pipe = Pipeline([("scaler", StandardScaler()),
                              ("PCA", PCA(n_components=k, svd_solver=self.svd_solver,
                                          random_state=self.random_state))])
-            # HEST: torch.Tensor(pipe.fit_transform(X_train)) -> float32 values. One BLAS
-            # thread: the randomized solver's LU/QR steps are 10-30x slower with two OpenMP
-            # threads on a busy 2-core machine, and its matrix products gain little from two
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(1):
-                T = pipe.fit_transform(X).astype(np.float32)
+            # HEST: torch.Tensor(pipe.fit_transform(X_train)) -> float32 values
+            T = pipe.fit_transform(X).astype(np.float32)
             scaler, pca = pipe.named_steps["scaler"], pipe.named_steps["PCA"]
             self.mean_, self.scale_ = scaler.mean_, scaler.scale_
             self.pca_mean_ = pca.mean_.astype(np.float32)

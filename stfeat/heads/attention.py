@@ -129,7 +129,9 @@ class AttentionHead(BaseHead):
     device, random_state
         ``"auto"`` = CUDA when available; seed of split, initialisation, dropout and batch order.
     n_threads
-        Torch CPU threads during fit; ``None`` = 1 for small problems, torch's default otherwise.
+        Torch CPU threads during fit; ``None`` = 1 for small problems, otherwise torch's
+        default capped at the idle cores (cores minus the load average). Rounding (not the
+        seeded randomness) can differ between thread counts; pass an int for bit-identical refits.
 
     Attributes
     ----------

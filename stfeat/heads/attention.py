@@ -79,6 +79,53 @@ def build_tokens(features: Mapping[str, np.ndarray] | Sequence[np.ndarray], coor
     return X, rel, types, mask
 
 
+def _heldout_ridge(own, Y, alpha: float, splits) -> np.ndarray:
+    """Ridge predictions (n, g) of each split's held-out spots from a ridge on its fit spots.
+
+    Same model as ``RidgeCVHead([alpha])`` on each fit set (centred per fit set, penalty on
+    standardised features), except that the features are standardised once with the statistics
+    of all spots rather than per fit set. One Gram matrix of all spots serves every split: a
+    split's fit Gram is the total minus its held-out spots' Gram, re-centred, so each split costs
+    a Gram of its held-out spots and one Cholesky solve instead of a full ridge fit.
+    """
+    from scipy.linalg import cho_factor, cho_solve
+    from scipy.linalg.blas import ssyrk
+
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: on a busy 2-core machine the Cholesky factorisations run several times
+    # slower with two OpenMP threads waiting on each other
+    with threadpool_limits(1):
+        return _heldout_ridge_impl(own, Y, alpha, splits, ssyrk, cho_factor, cho_solve)
+
+
+def _heldout_ridge_impl(own, Y, alpha, splits, ssyrk, cho_factor, cho_solve):
+    n, D = own.shape
+    mean = own.mean(0, dtype=np.float64)
+    Xc = own - mean.astype(np.float32)
+    scale = np.linalg.norm(Xc, axis=0).astype(np.float64) / np.sqrt(n)
+    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
+    Xc /= scale.astype(np.float32)
+    Y32 = Y.astype(np.float32)
+    G = ssyrk(1.0, Xc.T, trans=0, lower=0).astype(np.float64)  # upper triangle
+    x_sum = Xc.sum(0, dtype=np.float64)
+    XY = (Xc.T @ Y32).astype(np.float64)
+    y_sum = Y.sum(0)
+    out = np.empty((n, Y.shape[1]))
+    eye = alpha * np.eye(D)
+    for fit_idx, pred_idx in splits:
+        Xp = Xc[pred_idx]
+        nf = len(fit_idx)
+        mx = (x_sum - Xp.sum(0, dtype=np.float64)) / nf
+        my = (y_sum - Y[pred_idx].sum(0)) / nf
+        Gf = G - ssyrk(1.0, Xp.T, trans=0, lower=0) - nf * np.outer(mx, mx) + eye
+        Cf = XY - (Xp.T @ Y32[pred_idx]).astype(np.float64) - nf * np.outer(mx, my)
+        W = cho_solve(cho_factor(Gf, lower=False, overwrite_a=True, check_finite=False), Cf,
+                      check_finite=False)
+        out[pred_idx] = (Xp - mx.astype(np.float32)) @ W.astype(np.float32) + my
+    return out
+
+
 class AttentionHead(BaseHead):
     """Attention from a spot's query token to its multi-scale and neighbour tokens.
 
@@ -266,14 +313,11 @@ class AttentionHead(BaseHead):
             # this ridge is the final baseline
             base = RidgeCVHead(self.baseline_alphas).fit(own, Y, groups=g_all)
             alpha = float(base.alpha_)
-            B = np.empty_like(Ys)
-            # validation spots: a ridge that has not seen them, as new spots will be
-            B[va] = (RidgeCVHead([alpha]).fit(own[tr], Y[tr]).predict(own[va]).reshape(len(va), -1)
-                     - self.y_mean_) / self.y_scale_
-            # training spots: out-of-fold predictions, so the network learns from residuals as
-            # large as those it will meet on new spots (in-sample ridge residuals are too small)
-            B[tr] = self._oof_baseline(own[tr], Y[tr], None if g_all is None else g_all[tr],
-                                       alpha, seed)
+            # validation spots: a ridge that has not seen them, as new spots will be; training
+            # spots: out-of-fold predictions, so the network learns from residuals as large as
+            # those it will meet on new spots (in-sample ridge residuals are too small)
+            splits = [(tr, va)] + self._oof_splits(tr, None if g_all is None else g_all[tr], seed)
+            B = (_heldout_ridge(own, Y, alpha, splits) - self.y_mean_) / self.y_scale_
         else:
             base, B = None, np.zeros_like(Ys)
         Xs = torch.from_numpy(self._standardize(X, mask))
@@ -310,21 +354,16 @@ class AttentionHead(BaseHead):
                     info["best_val_loss"], info["history"][0])
         return self
 
-    def _oof_baseline(self, own, Y, groups, alpha: float, seed: int) -> np.ndarray:
-        """Standardised out-of-fold ridge predictions (grouped folds when groups are given)."""
+    @staticmethod
+    def _oof_splits(idx, groups, seed: int) -> list:
+        """k-fold (grouped when groups are given) over the spots ``idx``, as global indices."""
         from sklearn.model_selection import GroupKFold, KFold
 
-        from stfeat.heads.linear import RidgeCVHead
-
         if groups is not None and len(np.unique(groups)) >= 2:
-            folds = GroupKFold(n_splits=min(5, len(np.unique(groups)))).split(own, groups=groups)
+            folds = GroupKFold(n_splits=min(5, len(np.unique(groups)))).split(idx, groups=groups)
         else:
-            folds = KFold(n_splits=min(5, len(own)), shuffle=True, random_state=seed).split(own)
-        out = np.empty((len(own), Y.shape[1]))
-        for fit_idx, pred_idx in folds:
-            ridge = RidgeCVHead([alpha]).fit(own[fit_idx], Y[fit_idx])
-            out[pred_idx] = ridge.predict(own[pred_idx]).reshape(len(pred_idx), -1)
-        return (out - self.y_mean_) / self.y_scale_
+            folds = KFold(n_splits=min(5, len(idx)), shuffle=True, random_state=seed).split(idx)
+        return [(idx[f], idx[p]) for f, p in folds]
 
     def _new_module(self, d, n_types):
         from stfeat.heads._attn_net import AttnNet

@@ -295,9 +295,14 @@ class AttentionHead(BaseHead):
         self.tok_mean_ = np.zeros((n_types, d), np.float32)
         self.tok_scale_ = np.ones((n_types, d), np.float32)
         for ty in np.unique(types):
-            sel = X[:, types == ty][mask[:, types == ty]]
-            m = sel.mean(0, dtype=np.float64)
-            s = sel.std(0, dtype=np.float64)
+            # two passes over the type's valid tokens, one token at a time (float64 sums of
+            # float32 values: no float64 copy of the tokens)
+            toks = np.flatnonzero(types == ty)
+            cnt = sum(int(mask[:, t].sum()) for t in toks)
+            m = sum(X[mask[:, t], t].sum(0, dtype=np.float64) for t in toks) / max(cnt, 1)
+            m32 = m.astype(np.float32)
+            ss = sum(np.square(X[mask[:, t], t] - m32).sum(0, dtype=np.float64) for t in toks)
+            s = np.sqrt(ss / max(cnt, 1))
             self.tok_mean_[ty], self.tok_scale_[ty] = m, np.where(s > 1e-6, s, 1.0)
 
         device = resolve_device(self.device)

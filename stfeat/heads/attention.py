@@ -100,6 +100,8 @@ def _heldout_ridge(own, Y, alpha: float, splits) -> np.ndarray:
 
 
 def _heldout_ridge_impl(own, Y, alpha, splits, ssyrk, cho_factor, cho_solve):
+    from scipy.linalg.blas import dsyr
+
     n, D = own.shape
     mean = own.mean(0, dtype=np.float64)
     Xc = own - mean.astype(np.float32)
@@ -112,13 +114,14 @@ def _heldout_ridge_impl(own, Y, alpha, splits, ssyrk, cho_factor, cho_solve):
     XY = (Xc.T @ Y32).astype(np.float64)
     y_sum = Y.sum(0)
     out = np.empty((n, Y.shape[1]))
-    eye = alpha * np.eye(D)
     for fit_idx, pred_idx in splits:
         Xp = Xc[pred_idx]
         nf = len(fit_idx)
         mx = (x_sum - Xp.sum(0, dtype=np.float64)) / nf
         my = (y_sum - Y[pred_idx].sum(0)) / nf
-        Gf = G - ssyrk(1.0, Xp.T, trans=0, lower=0) - nf * np.outer(mx, mx) + eye
+        Gf = G - ssyrk(1.0, Xp.T, trans=0, lower=0)  # Fortran-ordered, upper triangle
+        Gf = dsyr(-float(nf), mx, a=Gf, lower=0, overwrite_a=True)
+        Gf.flat[::D + 1] += alpha
         Cf = XY - (Xp.T @ Y32[pred_idx]).astype(np.float64) - nf * np.outer(mx, my)
         W = cho_solve(cho_factor(Gf, lower=False, overwrite_a=True, check_finite=False), Cf,
                       check_finite=False)

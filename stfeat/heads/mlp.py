@@ -42,7 +42,8 @@ class MLPHead(BaseHead):
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     n_threads
-        Torch CPU threads during fit; ``None`` = 1 for small problems, torch's default otherwise.
+        Torch CPU threads during fit; ``None`` = 1 for small problems, otherwise torch's
+        default capped at the idle cores (cores minus the load average).
     random_state
         Seed of the split, the initialisation, dropout and batch order.
 

@@ -27,8 +27,20 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # Data warnings already name the file and the fix; the source line of stfeat that raised them is noise.
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
 def setup_logging(verbose: bool = False) -> None:
+    import warnings
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # faiss logs each optional SIMD build it fails to import at INFO: not the user's concern.
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if not verbose:
+        warnings.showwarning = _show_warning

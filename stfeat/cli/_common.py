@@ -27,6 +27,20 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def parse_scales(text: str | None) -> list[float] | None:
+    """``"112,224,448"`` -> ``[112.0, 224.0, 448.0]`` (fields of view in micrometres); empty -> ``None``."""
+    if not text:
+        return None
+    try:
+        scales = [float(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of micrometres, e.g. 112,224,448",
+                                 param_hint="--scales") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise typer.BadParameter("give positive micrometres, e.g. 112,224,448", param_hint="--scales")
+    return scales
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # Data warnings already name the file and the fix; the source line of stfeat that raised them is noise.
     typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)

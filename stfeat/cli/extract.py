@@ -12,23 +12,13 @@ import typer
 
 from stfeat import _constants as K
 from stfeat.cli import app
-from stfeat.cli._common import setup_logging, user_errors
+from stfeat.cli._common import parse_scales, setup_logging, user_errors
 
 
 class Dtype(str, enum.Enum):
     float16 = "float16"
     float32 = "float32"
 
-
-def _parse_scales(text: str) -> list[float]:
-    try:
-        scales = [float(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of micrometres, e.g. 112,224,448",
-                                 param_hint="--scales") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise typer.BadParameter("give positive micrometres, e.g. 112,224,448", param_hint="--scales")
-    return scales
 
 
 def _check_shard(text: str | None) -> str | None:
@@ -78,7 +68,9 @@ def extract_cmd(
     setup_logging(verbose)
     if um_per_px is not None and not um_per_px > 0:
         raise typer.BadParameter("must be a positive number", param_hint="--um-per-px")
-    scale_list = _parse_scales(scales)
+    scale_list = parse_scales(scales)
+    if scale_list is None:
+        raise typer.BadParameter("give at least one field of view, e.g. 112,224,448", param_hint="--scales")
     _check_shard(shard)
     root = cache_dir if cache_dir is not None else Path(os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import typer
 
 from stfeat import _constants as K
 from stfeat.cli import app
-from stfeat.cli._common import setup_logging, user_errors
+from stfeat.cli._common import parse_scales, setup_logging, user_errors
 from stfeat.errors import StfeatError
 
 
@@ -37,19 +37,6 @@ def _split_list(text: str, hint: str) -> list[str]:
     if not items:
         raise typer.BadParameter("give at least one name", param_hint=hint)
     return items
-
-
-def _parse_scales(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    try:
-        scales = [float(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of micrometres, e.g. 112,224",
-                                 param_hint="--scales") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise typer.BadParameter("give positive micrometres, e.g. 112,224,448", param_hint="--scales")
-    return scales
 
 
 def _parse_head_params(text: str | None, heads: list[str]) -> dict[str, dict]:
@@ -124,7 +111,7 @@ def fit_cmd(
     root = cache_dir if cache_dir is not None else Path(os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
     try:
         res = fit(path, encoder=encoders, cache_dir=root, heads=heads, head_params=_parse_head_params(head_params, heads),
-                  scales=_parse_scales(scales), genes=genes, transform=transform.value, split=split,
+                  scales=parse_scales(scales), genes=genes, transform=transform.value, split=split,
                   k_neighbors=k_neighbors, neighbor_mean=neighbor_mean, out_dir=out, seed=seed, metric_top_k=top_k,
                   save_fold_models=save_fold_models, plots=plots)
     except ValueError as exc:  # user-level problems raised as plain ValueError (e.g. a split that would leak)

@@ -487,7 +487,8 @@ def _manifest(enc, hname, est, layout, sel, transform, train, plan, cache_dir, a
     return {
         "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "stfeat_version": __version__,
         "encoder": enc, "encoder_attrs": {k: attrs.get(k) for k in ("encoder", "encoder_tag", "weights_id",
-                                                                     "config_hash", "patch_px", "embed_dim")},
+                                                                     "config_hash", "patch_px", "embed_dim",
+                                                                     "dtype")},
         "cache_dir": str(Path(cache_dir).resolve()), "layout": layout, "head": hname,
         "head_class": f"{type(est).__module__}.{type(est).__name__}",
         "head_params": json.loads(json.dumps(est.get_params(), default=str)),

@@ -191,8 +191,14 @@ def _extract(manifest: dict, sample: Any, centres_px: np.ndarray, *, encoder, we
     scales = [float(s) for s in manifest["layout"]["scales"]]
     log.info("extracting %s features at %d points, scales %s um", enc if isinstance(enc, str) else "encoder",
              len(centres_px), scales)
-    return extract_points(sample.slide, centres_px, encoder=enc, scales_um=scales, um_per_px=sample.um_per_px,
-                          weights=weights, device=device, batch_size=batch_size)
+    feats = extract_points(sample.slide, centres_px, encoder=enc, scales_um=scales, um_per_px=sample.um_per_px,
+                           weights=weights, device=device, batch_size=batch_size)
+    # The heads were fitted on features as the cache stores them (float16 by default): round fresh features
+    # the same way, so a grid point on a measured spot gets that spot's prediction.
+    stored = (manifest.get("encoder_attrs") or {}).get("dtype")
+    if stored:
+        feats = {k: np.asarray(v).astype(np.dtype(stored)).astype(np.float32) for k, v in feats.items()}
+    return feats
 
 
 def _inputs(manifest: dict, sf) -> dict:

@@ -48,17 +48,31 @@ class HestRidge(BaseHead):
     * ``n_components`` is capped at ``min(n_samples, n_features)`` when the training set is smaller
       than 256 in either dimension (HEST would raise); ``n_components=None`` skips the scaler and
       PCA, which is HEST's ``dimreduce=None`` mode (alpha then uses the raw feature count).
-    * Nothing else: fit runs scikit-learn's own StandardScaler, PCA and Ridge as HEST does
-      (the PCA scores rounded to float32 as ``torch.Tensor`` does, then the ridge in float64, which
-      is what scikit-learn makes of a torch tensor). ``predict`` applies the stored arrays with
-      the same formulas (no pickled sklearn objects), equal to HEST's to float32 rounding.
-    * ``solver="lsqr"`` (HEST's) on PCA scores runs scikit-learn's LSQR recurrence (``Ridge``
-      tol 1e-4) for all genes at once with matrix-matrix products
-      (:func:`stfeat.heads._lsqr.lsqr_multi`), many times faster than scikit-learn's
-      one-gene-at-a-time loop; iterations per gene are the same and coefficients agree to
-      rounding. Without PCA and for other solvers, scikit-learn's ``Ridge`` itself runs;
-      ``"cholesky"`` is the exact ridge minimiser, which differs from HEST's numbers by LSQR's
-      early stop (about 1% of the coefficients).
+    * Nothing else. The scaler, PCA and ridge are HEST's, computed in one of two ways:
+
+      - ``backend="stfeat"`` (default, fast): the same algorithms with the same inputs and
+        random start, computed with fewer passes over the data (:mod:`stfeat.heads._pca`). The
+        scaler is scikit-learn's bit for bit. PCA follows scikit-learn's ``svd_solver="auto"``
+        policy; for its randomized SVD (HEST's case on > 1,000 features) the same Gaussian start
+        (``RandomState(seed)``), oversampling, power iterations and LU normalisation run through
+        the Gram matrix, which spans the same subspaces in exact arithmetic. The ridge runs
+        scikit-learn's LSQR recurrence (``Ridge`` tol 1e-4) for all genes at once
+        (:func:`stfeat.heads._lsqr.lsqr_multi`) on the PCA scores compressed by a QR, which
+        leaves LSQR's iterates unchanged (:func:`~stfeat.heads._lsqr.lsqr_multi_compressed`).
+        Measured against scikit-learn's pipeline (``tests/test_heads_linear.py``,
+        ``benchmarks/bench_heads.py``): the same LSQR iteration counts, mean Pearson r equal within
+        1e-5, predictions within the spread scikit-learn itself shows when the input is
+        perturbed by float32 rounding.
+      - ``backend="sklearn"``: scikit-learn's own ``StandardScaler`` and ``PCA`` objects (HEST's
+        code path, for bit-level reproduction), the PCA scores rounded to float32 as
+        ``torch.Tensor`` does, then the LSQR above on the uncompressed scores in float64 (what
+        scikit-learn makes of a torch tensor; iterations per gene equal scikit-learn's
+        one-gene-at-a-time loop, coefficients agree to rounding).
+
+      ``predict`` applies the stored arrays with scikit-learn's formulas (no pickled sklearn
+      objects). Without PCA and for solvers other than ``"lsqr"``, scikit-learn's ``Ridge``
+      itself runs; ``"cholesky"`` is the exact ridge minimiser, which differs from HEST's
+      numbers by LSQR's early stop (about 1% of the coefficients).
 
     Note what HEST's protocol implies: without an intercept and with PCA scores centred on the
     training data, predictions are centred near zero, so MSE/MAE are poor while Pearson r (HEST's
@@ -77,6 +91,8 @@ class HestRidge(BaseHead):
         Passed to :class:`sklearn.decomposition.PCA` (HEST: ``"auto"``).
     random_state
         Seed of PCA (randomized solver) and Ridge (HEST ``seed``, default 1).
+    backend
+        ``"stfeat"`` (default) or ``"sklearn"``: how the same protocol is computed (above).
 
     Attributes
     ----------
@@ -88,6 +104,11 @@ class HestRidge(BaseHead):
         Fitted ridge on the PCA scores.
     alpha_ : float
         The penalty used. n_components_ : int, the PCA dimension used.
+    pca_solver_ : str or None
+        The PCA solver scikit-learn's policy chose (``"randomized+gram"`` when the default
+        backend iterated through the Gram matrix).
+    n_iter_ : ndarray (n_outputs,) or None
+        LSQR iterations per gene.
     """
 
     name = "hest-ridge"
@@ -95,7 +116,7 @@ class HestRidge(BaseHead):
 
     def __init__(self, n_components: int | None = 256, alpha: float | None = None, *,
                  fit_intercept: bool = False, solver: str = "lsqr", max_iter: int = 1000,
-                 svd_solver: str = "auto", random_state: int | None = 1):
+                 svd_solver: str = "auto", random_state: int | None = 1, backend: str = "stfeat"):
         self.n_components = n_components
         self.alpha = alpha
         self.fit_intercept = fit_intercept
@@ -103,11 +124,14 @@ class HestRidge(BaseHead):
         self.max_iter = max_iter
         self.svd_solver = svd_solver
         self.random_state = random_state
+        self.backend = backend
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         if self.components_ is None:
             return X
-        Z = ((X - self.mean_) / self.scale_).astype(np.float32)
+        from stfeat.heads._pca import standard_scaler_transform
+
+        Z = standard_scaler_transform(X, self.mean_, self.scale_)
         C = self.components_
         # as sklearn's PCA.transform: X @ C.T - mean @ C.T, then float32 (HEST's torch.Tensor)
         return (Z @ C.T - (self.pca_mean_ @ C.T).astype(np.float32)).astype(np.float32)
@@ -121,6 +145,9 @@ class HestRidge(BaseHead):
 
         X, Y = self._check_xy(X, Y)
         n, d = X.shape
+        if self.backend not in ("stfeat", "sklearn"):
+            raise ValueError(f"backend must be 'stfeat' or 'sklearn'; got {self.backend!r}.")
+        self.pca_solver_ = None
         if self.n_components is None:
             self.mean_ = self.scale_ = self.pca_mean_ = self.components_ = None
             T = X
@@ -132,16 +159,31 @@ class HestRidge(BaseHead):
                 logger.info("hest-ridge: n_components=%d > min(n_samples=%d, n_features=%d); "
                             "using %d", k, n, d, min(n, d))
                 k = min(n, d)
-            pipe = Pipeline([("scaler", StandardScaler()),
-                             ("PCA", PCA(n_components=k, svd_solver=self.svd_solver,
-                                         random_state=self.random_state))])
-            # HEST: torch.Tensor(pipe.fit_transform(X_train)) -> float32 values
-            T = pipe.fit_transform(X).astype(np.float32)
-            scaler, pca = pipe.named_steps["scaler"], pipe.named_steps["PCA"]
-            self.mean_, self.scale_ = scaler.mean_, scaler.scale_
-            self.pca_mean_ = pca.mean_.astype(np.float32)
-            self.components_ = pca.components_.astype(np.float32)
-            self.explained_variance_ratio_ = pca.explained_variance_ratio_
+            if self.backend == "sklearn":
+                pipe = Pipeline([("scaler", StandardScaler()),
+                                 ("PCA", PCA(n_components=k, svd_solver=self.svd_solver,
+                                             random_state=self.random_state))])
+                # HEST: torch.Tensor(pipe.fit_transform(X_train)) -> float32 values
+                T = pipe.fit_transform(X).astype(np.float32)
+                scaler, pca = pipe.named_steps["scaler"], pipe.named_steps["PCA"]
+                self.mean_, self.scale_ = scaler.mean_, scaler.scale_
+                self.pca_mean_ = pca.mean_.astype(np.float32)
+                self.components_ = pca.components_.astype(np.float32)
+                self.explained_variance_ratio_ = pca.explained_variance_ratio_
+                self.pca_solver_ = pca._fit_svd_solver
+            else:
+                from stfeat.heads._pca import (pca_fit_transform, standard_scaler_fit,
+                                               standard_scaler_transform)
+
+                self.mean_, self.scale_ = standard_scaler_fit(X)
+                Z = standard_scaler_transform(X, self.mean_, self.scale_)
+                res = pca_fit_transform(Z, k, self.random_state, self.svd_solver)
+                del Z
+                T = res["scores"]
+                self.pca_mean_ = res["mean"]
+                self.components_ = res["components"]
+                self.explained_variance_ratio_ = res["explained_variance_ratio"]
+                self.pca_solver_ = res["solver"]
         self.n_components_ = int(T.shape[1])
         g = Y.shape[1]
         self.alpha_ = float(self.alpha) if self.alpha is not None else 100.0 / (T.shape[1] * g)
@@ -150,12 +192,13 @@ class HestRidge(BaseHead):
         self.n_iter_ = None
         if self.solver == "lsqr" and self.components_ is not None:
             # scikit-learn's LSQR recurrence for all genes at once (see stfeat.heads._lsqr)
-            from stfeat.heads._lsqr import lsqr_multi
+            from stfeat.heads._lsqr import lsqr_multi, lsqr_multi_compressed
 
             x_off = T64.mean(0) if self.fit_intercept else np.zeros(T64.shape[1])
             y_off = Y.mean(0) if self.fit_intercept else np.zeros(g)
-            W, self.n_iter_ = lsqr_multi(T64 - x_off, Y - y_off, damp=np.sqrt(self.alpha_),
-                                         atol=1e-4, btol=1e-4, iter_lim=self.max_iter)
+            solve = lsqr_multi_compressed if self.backend == "stfeat" else lsqr_multi
+            W, self.n_iter_ = solve(T64 - x_off, Y - y_off, damp=np.sqrt(self.alpha_),
+                                    atol=1e-4, btol=1e-4, iter_lim=self.max_iter)
             self.coef_ = np.ascontiguousarray(W.T)
             self.intercept_ = y_off - x_off @ W
         else:
@@ -203,15 +246,17 @@ def _default_alphas(n: int) -> np.ndarray:
 class RidgeCVHead(BaseHead):
     """Standardise features, then multi-output ridge with the penalty chosen by cross-validation.
 
-    One symmetric eigendecomposition of the centred Gram matrix ``X^T X`` (or of ``X X^T`` when
-    there are fewer spots than features) serves every penalty and every gene, so the whole grid
-    costs little more than a single ridge fit. Without groups the criterion is generalised
+    One Householder tridiagonalisation ``Q T Q^T`` of the centred Gram matrix ``X^T X`` (or of
+    ``X X^T`` when there are fewer spots than features) serves every penalty and every gene: each
+    penalty is then a tridiagonal solve, and the traces come from the eigenvalues of ``T``
+    (:mod:`stfeat.heads._tridiag`), so the whole grid costs little more than a single ridge fit
+    and less than an eigendecomposition. Without groups the criterion is generalised
     cross-validation (GCV, Golub et al. 1979), a rotation-invariant form of leave-one-out.
     Neighbouring spots are near duplicates, so leave-one-spot-out under-regularises for new
     patients (on HER2ST it chose a 3x smaller penalty and lost 0.02 in mean Pearson r); so when
     ``groups`` (section or patient per spot) reach ``fit`` with 3 or more distinct values, the
-    default ``cv="auto"`` uses grouped k-fold (k = min(5, n_groups); one eigendecomposition per
-    fold) instead. Computations run in float32 through torch (MKL); coefficients are float64.
+    default ``cv="auto"`` uses grouped k-fold (k = min(5, n_groups); one reduction per fold)
+    instead. The Gram matrix and its reduction are float32, the solves float64.
 
     Parameters
     ----------
@@ -253,47 +298,37 @@ class RidgeCVHead(BaseHead):
         self.standardize = standardize
         self.random_state = random_state
 
-    # -- linear algebra helpers (torch float32 on CPU; MKL's eigh is ~2x OpenBLAS's) ----------
+    # -- linear algebra helpers ----------------------------------------------------------------
     @staticmethod
-    def _gram(Xt):
-        """Upper triangle of ``Xt^T Xt`` (d, d) by BLAS syrk: half the flops of a matmul."""
-        import torch
-        from scipy.linalg.blas import dsyrk, ssyrk
+    def _decompose(Xt):
+        """Tridiagonalise the Gram matrix of centred ``Xt`` (n, d): ``X^T X`` when n >= d
+        ("primal"), else ``X X^T`` ("dual"). Returns (kind, TridiagonalSolver)."""
+        from scipy.linalg.blas import ssyrk
 
-        A = Xt.numpy()
-        syrk = ssyrk if A.dtype == np.float32 else dsyrk
-        # A.T of a C-ordered (n, d) array is Fortran-ordered (d, n): no copy; C = A.T (A.T)^T
-        return torch.from_numpy(syrk(1.0, A.T, trans=0, lower=0))
+        from stfeat.heads._tridiag import TridiagonalSolver
 
-    @staticmethod
-    def _eig_primal(G, uplo: str = "L"):
-        import torch
+        A = np.ascontiguousarray(Xt.numpy() if hasattr(Xt, "numpy") else Xt, dtype=np.float32)
+        n, d = A.shape
+        # A.T of a C-ordered (n, d) array is Fortran-ordered (d, n): no copy; syrk gives the
+        # lower triangle of A^T A (trans=1) or A A^T (trans=0) with half a matrix product's flops
+        kind = "primal" if n >= d else "dual"
+        G = ssyrk(1.0, A.T, trans=int(kind == "dual"), lower=1)
+        return kind, TridiagonalSolver(G, overwrite=True)
 
-        # one thread: the tridiagonal reduction inside eigh is memory-bound with a barrier per
-        # column; on 2 cores it gains little, and when the machine is busy OpenMP's waiting
-        # threads make it 5-8x slower (3072 x 3072: 1.9 s on 1 thread, 12-16 s on 2 under load)
-        with torch_threads(1):
-            s, V = torch.linalg.eigh(G, UPLO=uplo)
-        return s.clamp_min(0), V
+    def _decompose_rhs(self, Xt, Yt):
+        """(kind, solver, Q^T B) with B = X^T Y (primal) or Y (dual), float64."""
+        kind, ts = self._decompose(Xt)
+        B = (Xt.T @ Yt).numpy() if kind == "primal" else Yt.numpy()
+        return kind, ts, ts.rotate(B).astype(np.float64)
 
-    def _path_scores(self, s, Q, yy, n_eff, alphas, mode_resid_dual: bool):
-        """GCV score per (alpha, target): RSS/n / (1 - (df+1)/n)^2, normalised by variance.
-
-        All penalties at once: the per-eigenvalue weights of every alpha (n_alphas, k) times the
-        squared projections (k, g), one matrix product in float64.
-        """
-        import torch
-
-        s64 = s.double()[None, :]
-        a = torch.as_tensor(np.asarray(alphas, float))[:, None]
-        Q2 = Q.double() ** 2
-        if mode_resid_dual:
-            rss = ((a / (s64 + a)) ** 2) @ Q2
-        else:
-            rss = yy[None, :] - (((s64 + 2 * a) / (s64 + a) ** 2) @ Q2)
-        df = (s64 / (s64 + a)).sum(1, keepdim=True) + 1.0
-        denom = (1.0 - df / n_eff).clamp_min(1e-6) ** 2
-        return (rss.clamp_min(0) / n_eff / denom).numpy()
+    def _scale(self, var: np.ndarray) -> np.ndarray:
+        """Feature standard deviations from their (population) variances; 1 when not standardising
+        or for constant features."""
+        if not self.standardize:
+            return np.ones_like(var)
+        scale = np.sqrt(np.maximum(var, 0.0))
+        scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
+        return scale
 
     def fit(self, X, Y, groups=None) -> "RidgeCVHead":
         """Fit to features ``X`` (n, d) and targets ``Y`` (n, g); ``groups`` (n,) for grouped CV."""
@@ -306,28 +341,42 @@ class RidgeCVHead(BaseHead):
             raise ValueError(f"alphas must be a non-empty 1-D list of positive penalties; got "
                              f"{self.alphas!r}. Fix: e.g. alphas=[1, 10, 100, 1000].")
         self.alphas_ = alphas
-        # centre in float32 around the float64 mean, then the column norms of the centred copy
-        # give the standard deviations (same as StandardScaler's to float32 rounding); no
-        # float64 copy of X is made
+        # centre in float32 around the float64 mean; no float64 copy of X is made
         mean = X.mean(0, dtype=np.float64)
-        Xt = torch.from_numpy(X - mean.astype(np.float32))
-        if self.standardize:
-            scale = (torch.linalg.vector_norm(Xt, dim=0).double() / np.sqrt(n)).numpy()
-            scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
-            Xt /= torch.from_numpy(scale.astype(np.float32))
-        else:
-            scale = np.ones(d)
+        Xc = X - mean.astype(np.float32)
         y_mean = Y.mean(0)
         Yc = Y - y_mean
         Yt = torch.from_numpy(Yc.astype(np.float32))
         var = np.maximum(Yc.var(0), 1e-12)
+        n_folds = None if len(alphas) == 1 else self._n_folds(groups)
+        if n_folds is None and n >= d:
+            # primal: standardise the Gram matrix (d x d) instead of X (n x d); its diagonal holds
+            # the column sums of squares, which give the standard deviations
+            from scipy.linalg.blas import ssyrk
 
-        if len(alphas) == 1:  # nothing to choose: one Cholesky solve, no eigendecomposition
-            scores, eig = np.full((1, Y.shape[1]), np.nan), None
-        elif self._n_folds(groups) is None:
-            scores, eig = self._fit_gcv(Xt, Yt, Yc, alphas)
+            from stfeat.heads._tridiag import TridiagonalSolver
+
+            G = ssyrk(1.0, Xc.T, trans=0, lower=1)
+            scale = self._scale(np.diag(G).astype(np.float64) / n)
+            inv = (1.0 / scale).astype(np.float32)
+            G *= inv[:, None]
+            G *= inv[None, :]
+            C = (torch.from_numpy(Xc).T @ Yt).numpy() * inv[:, None]
+            ts = TridiagonalSolver(G, overwrite=True)
+            dec = ("primal", ts, ts.rotate(C).astype(np.float64))
+            Xt = None
         else:
-            scores, eig = self._cv_scores(Xt, Yt, Y, alphas, groups), None
+            scale = self._scale(np.einsum("ij,ij->j", Xc, Xc).astype(np.float64) / n)
+            Xt = torch.from_numpy(Xc)
+            Xt /= torch.from_numpy(scale.astype(np.float32))
+            dec = self._decompose_rhs(Xt, Yt) if n_folds is None else None
+
+        if len(alphas) == 1:  # nothing to choose
+            scores = np.full((1, Y.shape[1]), np.nan)
+        elif n_folds is None:
+            scores = self._gcv_scores(dec, (Yc ** 2).sum(0), n, alphas)
+        else:
+            scores = self._cv_scores(Xt, Yt, Y, alphas, groups)
         scores = scores / var
         self.cv_scores_ = scores
         if len(alphas) == 1:
@@ -342,7 +391,7 @@ class RidgeCVHead(BaseHead):
         if len(alphas) > 1 and (np.any(best == 0) or np.any(best == len(alphas) - 1)):
             logger.info("ridge: chosen alpha at the edge of the grid [%.3g, %.3g]; consider "
                         "widening alphas", alphas[0], alphas[-1])
-        W = self._solve(Xt, Yt, alphas, best, eig)
+        W = self._solve(Xt, Yt, alphas, best, dec)
         coef_std = W.T  # (g, d) on standardised features
         self.coef_ = coef_std / scale[None, :]
         self.intercept_ = y_mean - self.coef_ @ mean
@@ -363,52 +412,43 @@ class RidgeCVHead(BaseHead):
             raise ValueError(f"cv must be 'auto', 'gcv', None or an int >= 2; got {self.cv!r}.")
         return int(self.cv)
 
-    def _fit_gcv(self, Xt, Yt, Yc, alphas):
-        import torch
+    @staticmethod
+    def _gcv_scores(dec, yy, n, alphas):
+        """GCV score per (alpha, gene): RSS/n / (1 - (df+1)/n)^2 (the +1 is the intercept).
 
-        n, d = Xt.shape
-        if n >= d:
-            G = self._gram(Xt)
-            s, V = self._eig_primal(G, "U")
-            del G
-            C = Xt.T @ Yt
-            Q = V.T @ C
-            yy = torch.from_numpy((Yc ** 2).sum(0))
-            scores = self._path_scores(s, Q, yy, n, alphas, mode_resid_dual=False)
-            eig = ("primal", s, V, Q)
-        else:
-            K = Xt @ Xt.T
-            s, U = self._eig_primal(K)
-            del K
-            Q = U.T @ Yt
-            scores = self._path_scores(s, Q, None, n, alphas, mode_resid_dual=True)
-            eig = ("dual", s, U, Q)
-        return scores, eig
+        Primal (n >= d), with ``G = X^T X = Q T Q^T``, ``C = X^T Y`` and ``Z = (T + aI)^{-1} Q^T C``:
+        ``RSS = |Y|^2 - <Q^T C, Z> - a |Z|^2``. Dual (n < d), with ``K = X X^T = Q T Q^T``: the
+        residual is ``a (K + aI)^{-1} Y``, so ``RSS = a^2 |(T + aI)^{-1} Q^T Y|^2``. In both,
+        ``df = sum s / (s + a)`` over the eigenvalues ``s`` of ``T``. Each penalty costs one
+        tridiagonal solve, O(d * g).
+        """
+        kind, ts, Bt = dec
+        scores = np.empty((len(alphas), Bt.shape[1]))
+        for i, a in enumerate(alphas):
+            Z = ts.solve_rotated(a, Bt)
+            if kind == "primal":
+                rss = yy - np.einsum("ij,ij->j", Bt, Z) - a * np.einsum("ij,ij->j", Z, Z)
+            else:
+                rss = a * a * np.einsum("ij,ij->j", Z, Z)
+            df = ts.trace_hat(a) + 1.0
+            denom = max(1.0 - df / n, 1e-6) ** 2
+            scores[i] = np.maximum(rss, 0.0) / n / denom
+        return scores
 
-    def _solve(self, Xt, Yt, alphas, best, eig) -> np.ndarray:
+    def _solve(self, Xt, Yt, alphas, best, dec) -> np.ndarray:
         """Coefficients (d, g) on standardised features for the chosen alpha(s)."""
         import torch
 
-        n, d = Xt.shape
-        W = np.empty((d, Yt.shape[1]))
-        if eig is not None:
-            kind, s, V, Q = eig
-            for b in np.unique(best):
-                cols = np.flatnonzero(best == b)
-                a = float(alphas[b])
-                if kind == "primal":
-                    Wb = V @ (Q[:, cols] / (s[:, None] + a))
-                else:  # W = X^T U diag(1/(s+a)) U^T Y
-                    Wb = Xt.T @ (V @ (Q[:, cols] / (s[:, None] + a)))
-                W[:, cols] = Wb.double().numpy()
-            return W
-        G = (Xt.T @ Xt).double()
-        C = (Xt.T @ Yt).double()
-        eye = torch.eye(d, dtype=torch.float64)
+        kind, ts, Bt = self._decompose_rhs(Xt, Yt) if dec is None else dec
+        W = np.empty((Bt.shape[0] if kind == "primal" else Xt.shape[1], Yt.shape[1]))
         for b in np.unique(best):
             cols = np.flatnonzero(best == b)
-            L = torch.linalg.cholesky(G + float(alphas[b]) * eye)
-            W[:, cols] = torch.cholesky_solve(C[:, cols], L).numpy()
+            Z = ts.solve_rotated(float(alphas[b]), Bt[:, cols])
+            V = ts.unrotate(Z.astype(np.float32))
+            if kind == "primal":
+                W[:, cols] = V
+            else:  # W = X^T (K + aI)^{-1} Y
+                W[:, cols] = (Xt.T @ torch.from_numpy(V)).double().numpy()
         return W
 
     def _cv_scores(self, Xt, Yt, Y, alphas, groups) -> np.ndarray:
@@ -433,21 +473,23 @@ class RidgeCVHead(BaseHead):
             tr_t, te_t = torch.from_numpy(tr), torch.from_numpy(te)
             Xtr, Ytr = Xt[tr_t], Yt[tr_t]
             mx, my = Xtr.mean(0), Ytr.mean(0)
-            Xtr = Xtr - mx
+            Xtr = (Xtr - mx).contiguous()
             Ytr = Ytr - my
             Xte = Xt[te_t] - mx
-            Yte = (Yt[te_t] - my).double()
-            if len(tr) >= d:
-                s, V = self._eig_primal(self._gram(Xtr.contiguous()), "U")
-                Q = V.T @ (Xtr.T @ Ytr)
-                P = Xte @ V
-            else:
-                s, U = self._eig_primal(Xtr @ Xtr.T)
-                Q = U.T @ Ytr
-                P = Xte @ (Xtr.T @ U)
+            Yte = (Yt[te_t] - my).double().numpy()
+            kind, ts = self._decompose(Xtr)
+            if kind == "primal":  # pred = Xte (G + aI)^{-1} Xtr^T Ytr = (Xte Q) Z
+                Bt = ts.rotate((Xtr.T @ Ytr).numpy())
+                P = ts.rotate(Xte.T.numpy()).T
+            else:  # pred = Xte Xtr^T (K + aI)^{-1} Ytr = (Xte Xtr^T Q) Z
+                Bt = ts.rotate(Ytr.numpy())
+                P = ts.rotate((Xtr @ Xte.T).numpy()).T
+            Bt = Bt.astype(np.float64)
+            P = torch.from_numpy(np.ascontiguousarray(P))
             for i, a in enumerate(alphas):
-                pred = (P @ (Q / (s[:, None] + float(a)))).double()
-                sse[i] += ((Yte - pred) ** 2).sum(0).numpy()
+                Z = torch.from_numpy(ts.solve_rotated(float(a), Bt).astype(np.float32))
+                pred = (P @ Z).double().numpy()
+                sse[i] += ((Yte - pred) ** 2).sum(0)
         return sse / n
 
     def predict(self, X) -> np.ndarray:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 
 import numpy as np
 
 from stfeat.heads._base import BaseHead, inner_split
 
 logger = logging.getLogger(__name__)
+
+#: memory allowed for the extra copies of the binned data that concurrent boosters need
+_MAX_COPY_BYTES = 2 * 2**30
 
 
 class LGBMHead(BaseHead):
@@ -68,18 +72,29 @@ class LGBMHead(BaseHead):
 
     def _threads(self) -> int:
         if self.n_jobs in (-1, None):
-            return os.cpu_count() or 1
-        return int(self.n_jobs)
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else (os.cpu_count() or 1)
+        return max(1, int(self.n_jobs))
 
-    def _params(self) -> dict:
+    def _workers(self, n_genes: int, binned_bytes: int) -> tuple[int, int]:
+        """(boosters trained at once, threads per booster) for ``n_genes`` genes.
+
+        Each extra concurrent booster needs its own copy of the binned training data
+        (``binned_bytes``, one byte per value); the copies are kept under ``_MAX_COPY_BYTES``.
+        """
         threads = self._threads()
+        by_memory = 1 + _MAX_COPY_BYTES // max(1, binned_bytes)
+        workers = max(1, min(threads, n_genes, by_memory))
+        return workers, max(1, threads // workers)
+
+    def _params(self, threads: int) -> dict:
         seed = 0 if self.random_state is None else int(self.random_state)
         return {"objective": "regression", "learning_rate": self.learning_rate,
                 "num_leaves": self.num_leaves, "min_data_in_leaf": self.min_child_samples,
                 "feature_fraction": self.colsample_bytree, "bagging_fraction": self.subsample,
                 "bagging_freq": 1 if self.subsample < 1 else 0, "lambda_l2": self.reg_lambda,
                 "max_bin": self.max_bin, "num_threads": threads, "seed": seed,
-                "deterministic": True, "force_row_wise": True, "verbosity": -1}
+                "deterministic": True, "force_col_wise": True, "verbosity": -1}
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
         if self.components_ is None:
@@ -106,24 +121,46 @@ class LGBMHead(BaseHead):
             self.pca_offset_ = (pca.mean_ @ pca.components_.T).astype(np.float32)
         Xf = self._transform(X)
         tr, va = inner_split(len(X), self.validation_fraction, self.random_state, groups)
-        params = self._params()
+        workers, per_booster = self._workers(Y.shape[1], len(X) * Xf.shape[1])
+        params = self._params(per_booster)
         dtrain = lgb.Dataset(Xf[tr], label=Y[tr, 0], params=params, free_raw_data=False)
         dvalid = lgb.Dataset(Xf[va], label=Y[va, 0], reference=dtrain, params=params,
                              free_raw_data=False)
         dtrain.construct()
         dvalid.construct()
-        self.boosters_, best = [], []
-        for j in range(Y.shape[1]):
-            dtrain.set_label(Y[tr, j])
-            dvalid.set_label(Y[va, j])
-            booster = lgb.train(params, dtrain, num_boost_round=int(self.n_estimators),
-                                valid_sets=[dvalid], valid_names=["valid"],
-                                callbacks=[lgb.early_stopping(int(self.early_stopping_rounds),
-                                                              verbose=False)])
-            best.append(booster.best_iteration or booster.current_iteration())
-            self.boosters_.append(booster)
-        self.best_iterations_ = np.asarray(best, dtype=np.int64)
-        logger.info("lgbm: %d genes, median best iteration %d", Y.shape[1],
+        # one (train, valid) pair per worker; subset() copies the binned data without re-binning
+        pairs = [(dtrain, dvalid)] + [
+            (dtrain.subset(np.arange(len(tr))).construct(),
+             dvalid.subset(np.arange(len(va))).construct()) for _ in range(workers - 1)]
+        free = queue.SimpleQueue()
+        for pair in pairs:
+            free.put(pair)
+
+        def one_gene(j: int):
+            dt, dv = free.get()
+            try:
+                dt.set_label(Y[tr, j])
+                dv.set_label(Y[va, j])
+                return lgb.train(params, dt, num_boost_round=int(self.n_estimators),
+                                 valid_sets=[dv], valid_names=["valid"],
+                                 callbacks=[lgb.early_stopping(int(self.early_stopping_rounds),
+                                                               verbose=False)])
+            finally:
+                free.put((dt, dv))
+
+        # genes are independent and each booster is seeded alike, so running them concurrently
+        # (ctypes releases the GIL) gives the same boosters as running them one by one
+        if workers == 1:
+            self.boosters_ = [one_gene(j) for j in range(Y.shape[1])]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                self.boosters_ = list(pool.map(one_gene, range(Y.shape[1])))
+        self.best_iterations_ = np.asarray(
+            [b.best_iteration or b.current_iteration() for b in self.boosters_], dtype=np.int64)
+        logger.info("lgbm: %d genes on %d features, %d worker(s) x %d thread(s), median best "
+                    "iteration %d", Y.shape[1], Xf.shape[1], workers, per_booster,
                     int(np.median(self.best_iterations_)))
         return self
 

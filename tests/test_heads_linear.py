@@ -130,12 +130,24 @@ def test_lsqr_compressed_matches_scipy():
     """Row compression by QR leaves LSQR's iterates unchanged: same iterations and solutions."""
     from scipy.sparse.linalg import lsqr
 
-    from stfeat.heads._lsqr import lsqr_multi_compressed
+    from stfeat.heads._lsqr import _compress, lsqr_multi_compressed
 
     rng = np.random.default_rng(6)
+    # well conditioned (Cholesky QR), with one target almost in range(A) (its residual norm is
+    # computed directly) and one all-zero target
     A = rng.standard_normal((2000, 50)) * np.logspace(0.5, 0, 50)
     B = A[:, :5] @ rng.standard_normal((5, 8)) + rng.standard_normal((2000, 8))
+    B[:, 6] = A[:, :5] @ rng.standard_normal(5) + 1e-5 * rng.standard_normal(2000)
     B[:, 7] = 0.0
+    # ill conditioned (cond 1e5): Householder QR
+    A2 = rng.standard_normal((2000, 50)) * np.logspace(0, -5, 50)
+    for M in (A, A2):
+        R, C, rr = _compress(M, B)
+        Q, _ = np.linalg.qr(M)
+        np.testing.assert_allclose(R.T @ R, M.T @ M, rtol=0, atol=1e-10 * np.abs(M.T @ M).max())
+        np.testing.assert_allclose(np.abs(C), np.abs(Q.T @ B), rtol=0, atol=1e-8 * np.abs(B).max())
+        np.testing.assert_allclose(np.sqrt(rr), np.linalg.norm(B - Q @ (Q.T @ B), axis=0),
+                                   rtol=1e-6, atol=1e-9)
     X, n_iter = lsqr_multi_compressed(A, B, damp=0.2, iter_lim=500)
     for j in range(8):
         x_ref, _, itn, *_ = lsqr(A, B[:, j], damp=0.2, atol=1e-4, btol=1e-4, iter_lim=500)
@@ -300,3 +312,26 @@ def test_tridiagonal_solver_matches_dense():
                 np.trace(np.linalg.solve(G64 + a * np.eye(80), G64)), rel=1e-5)
     one = TridiagonalSolver(np.array([[4.0]], np.float32))
     assert one.solve_rotated(1.0, one.rotate(np.array([[10.0]])))[0, 0] == pytest.approx(2.0)
+
+
+def test_blas_threads_follow_free_cores(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from stfeat.heads import _cpu
+
+    monkeypatch.setenv("STFEAT_BLAS_THREADS", "1")
+    assert _cpu.free_cores() == 1
+    with _cpu.blas_threads():
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(n == 1 for n in blas)
+        with _cpu.blas_threads(2):  # nested: keeps the outer setting
+            assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+    monkeypatch.setenv("STFEAT_BLAS_THREADS", "many")
+    with pytest.raises(ValueError, match="STFEAT_BLAS_THREADS"):
+        _cpu.free_cores()
+    monkeypatch.delenv("STFEAT_BLAS_THREADS")
+    import os
+
+    assert 1 <= _cpu.free_cores() <= (os.cpu_count() or 1)
+    busy = _cpu.other_runnable()
+    assert busy is None or busy >= 0

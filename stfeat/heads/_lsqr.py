@@ -163,21 +163,48 @@ def lsqr_multi_compressed(A: np.ndarray, B: np.ndarray, **kwargs) -> tuple[np.nd
     a (k+1, k) matrix: each iteration costs O(k^2 g) instead of O(n k g). Same iterates in exact
     arithmetic; rounding differs only in the summation order (tests compare with scipy).
     """
-    from scipy import linalg
-
     A = np.asarray(A, dtype=np.float64)
     B = np.asarray(B, dtype=np.float64)
     n, k = A.shape
     if n <= k + 1:
         return lsqr_multi(A, B, **kwargs)
-    from stfeat.heads._tridiag import _one_blas_thread
+    from stfeat.heads._cpu import blas_threads
 
-    # one BLAS thread for the QR and the small iterations: on a busy 2-core machine OpenBLAS's
-    # threads stall each other (this QR took 3 s instead of 0.1 s under load)
-    with _one_blas_thread():
-        Q, R = linalg.qr(A, mode="economic", check_finite=False)
-        C = Q.T @ B
-        resid = B - Q @ C
+    # only the free cores: on a busy 2-core machine OpenBLAS's threads stall each other
+    with blas_threads():
+        R, C, rr = _compress(A, B)
         A_red = np.vstack([R, np.zeros((1, k))])
-        B_red = np.vstack([C, np.sqrt(np.einsum("ij,ij->j", resid, resid))[None, :]])
+        B_red = np.vstack([C, np.sqrt(rr)[None, :]])
         return lsqr_multi(A_red, B_red, **kwargs)
+
+
+def _compress(A: np.ndarray, B: np.ndarray):
+    """``R`` (k, k), ``C = Q^T B`` (k, g) and ``|B - Q C|^2`` per column, for ``A = Q R``.
+
+    Cholesky QR (``R`` from ``A^T A``; two products of the size of ``A`` instead of a Householder
+    QR and an explicit ``Q``) when ``A`` is well conditioned (cond < 1e4, so ``Q = A R^-1`` is
+    orthonormal to ~1e-8); Householder QR otherwise.
+    """
+    from scipy import linalg
+
+    k = A.shape[1]
+    bb = np.einsum("ij,ij->j", B, B)
+    try:
+        R = linalg.cholesky(A.T @ A, lower=False, check_finite=False)
+        ok = np.linalg.cond(R) < 1e4
+    except (np.linalg.LinAlgError, ValueError):
+        ok = False
+    if ok:
+        C = linalg.solve_triangular(R, A.T @ B, trans="T", check_finite=False)
+        rr = bb - np.einsum("ij,ij->j", C, C)
+        # where the residual is a tiny part of |b|^2 the difference cancels: compute it directly
+        small = rr < 1e-6 * bb
+        if small.any():
+            Q = linalg.solve_triangular(R, A.T, trans="T", check_finite=False).T
+            resid = B[:, small] - Q @ C[:, small]
+            rr[small] = np.einsum("ij,ij->j", resid, resid)
+        return R, C, np.maximum(rr, 0.0)
+    Q, R = linalg.qr(A, mode="economic", check_finite=False)
+    C = Q.T @ B
+    resid = B - Q @ C
+    return R[:k], C, np.einsum("ij,ij->j", resid, resid)

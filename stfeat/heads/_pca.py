@@ -79,12 +79,13 @@ def _lu_normalize(M: np.ndarray) -> np.ndarray:
 
 
 def pca_fit_transform(Z: np.ndarray, n_components: int, random_state: int | None,
-                      svd_solver: str = "auto") -> dict:
+                      svd_solver: str = "auto", *, overwrite: bool = False) -> dict:
     """``PCA(n_components, svd_solver, random_state).fit_transform(Z)`` for float32 ``Z``.
 
     Returns a dict with ``scores`` (n, k) float32 (``fit_transform``'s output), ``mean``
     (d,) float32, ``components`` (k, d) float32, ``explained_variance_ratio`` (k,) and ``solver``
     (the solver scikit-learn's policy chose, with ``"+gram"`` when the Gram-matrix iteration ran).
+    ``overwrite=True`` lets it centre ``Z`` in place.
     """
     Z = np.ascontiguousarray(Z, dtype=np.float32)
     n, d = Z.shape
@@ -92,15 +93,15 @@ def pca_fit_transform(Z: np.ndarray, n_components: int, random_state: int | None
     solver = _auto_solver(n, d, k) if svd_solver == "auto" else svd_solver
     if solver != "randomized" or n < d:
         return _sklearn_pca(Z, k, random_state, solver)
-    return _randomized_gram(Z, k, random_state)
+    return _randomized_gram(Z, k, random_state, overwrite)
 
 
-def _randomized_gram(Z: np.ndarray, k: int, random_state) -> dict:
+def _randomized_gram(Z: np.ndarray, k: int, random_state, overwrite: bool) -> dict:
     import torch
     from scipy import linalg
     from scipy.linalg.blas import ssymm, ssyrk
 
-    from stfeat.heads._tridiag import _one_blas_thread
+    from stfeat.heads._cpu import blas_threads
 
     n, d = Z.shape
 
@@ -109,23 +110,28 @@ def _randomized_gram(Z: np.ndarray, k: int, random_state) -> dict:
     r = k + 10  # scikit-learn's n_oversamples
     n_iter = 7 if k < 0.1 * min(n, d) else 4
     mean = Z.mean(axis=0)  # float32, as scikit-learn's xp.mean
-    A = Z - mean
+    if overwrite:
+        Z -= mean
+        A = Z
+    else:
+        A = Z - mean
     # range finder on A (not transposed since n >= d): Omega is (d, r), float32
     M = rng.normal(size=(d, r)).astype(np.float32, copy=False)
     # BLAS-3 products run on all cores; the factorisations (LU, QR, SVD of small or thin
-    # matrices) on one BLAS thread, since OpenBLAS's threads stall badly on a busy 2-core machine
+    # matrices) on the free cores only (stfeat.heads._cpu): OpenBLAS's threads stall on a busy
+    # machine
     G = ssyrk(1.0, A.T, trans=0, lower=1)  # lower triangle of A^T A, Fortran-ordered
     for _ in range(n_iter):
         M = ssymm(1.0, G, M, side=0, lower=1)  # (A^T A) M from the lower triangle
         if n_iter > 2:
-            with _one_blas_thread():
+            with blas_threads():
                 M = _lu_normalize(M)
     At = torch.from_numpy(A)
     AM = (At @ torch.from_numpy(np.ascontiguousarray(M, dtype=np.float32))).numpy()
-    with _one_blas_thread():
+    with blas_threads():
         Q = linalg.qr(AM, mode="economic", check_finite=False, overwrite_a=True)[0]
     B = (torch.from_numpy(np.ascontiguousarray(Q.T)) @ At).numpy()
-    with _one_blas_thread():
+    with blas_threads():
         Uhat, s, Vt = linalg.svd(B, full_matrices=False, lapack_driver="gesdd",
                                  check_finite=False)
     U = (torch.from_numpy(np.ascontiguousarray(Q)) @ torch.from_numpy(Uhat)).numpy()

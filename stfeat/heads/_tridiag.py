@@ -13,30 +13,16 @@ symmetric tridiagonal, ``Q`` orthogonal and kept as Householder reflectors) is a
 
 On a 3,072 x 3,072 Gram matrix this is about 2x faster than ``eigh`` with eigenvectors on 2 cores
 (``benchmarks/bench_heads.py``), and the per-penalty work drops from a dense product to O(n * g).
+The LAPACK calls use the cores that are free (:mod:`stfeat.heads._cpu`).
 
 Precision: the reduction runs in float32 (inputs are float32 embeddings); solves run in float64.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
-
-@contextlib.contextmanager
-def _one_blas_thread():
-    """Run LAPACK's memory-bound reductions on one BLAS thread.
-
-    OpenBLAS's threads meet at a barrier after every column of ``sytrd``; on 2 cores with any
-    other process running, they wait for each other's time slices and the reduction of a
-    3,072 x 3,072 matrix goes from about 1 s to 5-30 s (measured). One thread loses little when
-    the machine is idle and nothing when it is busy.
-    """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, user_api="blas"):
-        yield
+from stfeat.heads._cpu import blas_threads
 
 
 class TridiagonalSolver:
@@ -86,7 +72,7 @@ class TridiagonalSolver:
             self.e = np.zeros(0)
         else:
             lwork = int(lapack.ssytrd_lwork(n, lower=1)[0])
-            with _one_blas_thread():
+            with blas_threads():
                 c, d, e, tau, info = lapack.ssytrd(A, lower=1, lwork=max(lwork, n),
                                                    overwrite_a=int(overwrite))
             if info != 0:
@@ -114,7 +100,7 @@ class TridiagonalSolver:
         if self.n > 1 and B.shape[1] > 0:
             sub = B[1:]
             lwork = int(lapack.sormqr("L", trans, self._refl, self._tau, sub, -1)[1][0])
-            with _one_blas_thread():
+            with blas_threads():
                 out, _, info = lapack.sormqr("L", trans, self._refl, self._tau, sub,
                                              max(lwork, sub.shape[1], 1), overwrite_c=1)
             if info != 0:

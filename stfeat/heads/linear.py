@@ -139,6 +139,14 @@ class HestRidge(BaseHead):
 
     def fit(self, X, Y) -> "HestRidge":
         """Fit scaler and PCA on ``X`` (n, d), then the ridge on the PCA scores to ``Y`` (n, g)."""
+        if self.backend == "sklearn":  # HEST's code path, BLAS threads as scikit-learn sets them
+            return self._fit(X, Y)
+        from stfeat.heads._cpu import blas_threads
+
+        with blas_threads():  # the cores free now; OpenBLAS's threads stall on busy ones
+            return self._fit(X, Y)
+
+    def _fit(self, X, Y) -> "HestRidge":
         from sklearn.decomposition import PCA
         from sklearn.linear_model import Ridge
         from sklearn.pipeline import Pipeline
@@ -178,7 +186,7 @@ class HestRidge(BaseHead):
 
                 self.mean_, self.scale_ = standard_scaler_fit(X)
                 Z = standard_scaler_transform(X, self.mean_, self.scale_)
-                res = pca_fit_transform(Z, k, self.random_state, self.svd_solver)
+                res = pca_fit_transform(Z, k, self.random_state, self.svd_solver, overwrite=True)
                 del Z
                 T = res["scores"]
                 self.pca_mean_ = res["mean"]
@@ -238,6 +246,28 @@ class HestRidge(BaseHead):
             setattr(self, key, arrays.get(key))
         self.coef_ = arrays["coef_"]
         self.intercept_ = arrays["intercept_"]
+
+
+def _centred_gram(X: np.ndarray, mean: np.ndarray, Y: np.ndarray, chunk: int = 2048):
+    """Lower triangle of ``(X - mean)^T (X - mean)`` (Fortran order) and ``(X - mean)^T Y``.
+
+    Row blocks are centred into one reused buffer and accumulated with BLAS ``syrk``/``gemm``, so
+    no centred copy of ``X`` is allocated (a fresh 100+ MB array costs more in page faults than
+    the subtraction itself).
+    """
+    from scipy.linalg.blas import sgemm, ssyrk
+
+    n, d = X.shape
+    G = np.zeros((d, d), dtype=np.float32, order="F")
+    C = np.zeros((d, Y.shape[1]), dtype=np.float32, order="F")
+    buf = np.empty((min(chunk, n), d), dtype=np.float32)
+    for i in range(0, n, chunk):
+        b = buf[:min(chunk, n - i)]
+        np.subtract(X[i:i + chunk], mean, out=b)
+        # b.T is Fortran-ordered (d, m): C-ordered b needs no copy
+        G = ssyrk(1.0, b.T, beta=1.0, c=G, trans=0, lower=1, overwrite_c=1)
+        C = sgemm(1.0, b.T, Y[i:i + chunk], beta=1.0, c=C, overwrite_c=1)
+    return G, C
 
 
 def _default_alphas(n: int) -> np.ndarray:
@@ -335,6 +365,12 @@ class RidgeCVHead(BaseHead):
 
     def fit(self, X, Y, groups=None) -> "RidgeCVHead":
         """Fit to features ``X`` (n, d) and targets ``Y`` (n, g); ``groups`` (n,) for grouped CV."""
+        from stfeat.heads._cpu import blas_threads
+
+        with blas_threads():  # the cores free now; OpenBLAS's threads stall on busy ones
+            return self._fit(X, Y, groups)
+
+    def _fit(self, X, Y, groups=None) -> "RidgeCVHead":
         import torch
 
         X, Y = self._check_xy(X, Y)
@@ -346,7 +382,6 @@ class RidgeCVHead(BaseHead):
         self.alphas_ = alphas
         # centre in float32 around the float64 mean; no float64 copy of X is made
         mean = X.mean(0, dtype=np.float64)
-        Xc = X - mean.astype(np.float32)
         y_mean = Y.mean(0)
         Yc = Y - y_mean
         Yt = torch.from_numpy(Yc.astype(np.float32))
@@ -355,20 +390,19 @@ class RidgeCVHead(BaseHead):
         if n_folds is None and n >= d:
             # primal: standardise the Gram matrix (d x d) instead of X (n x d); its diagonal holds
             # the column sums of squares, which give the standard deviations
-            from scipy.linalg.blas import ssyrk
-
             from stfeat.heads._tridiag import TridiagonalSolver
 
-            G = ssyrk(1.0, Xc.T, trans=0, lower=1)
+            G, C = _centred_gram(X, mean.astype(np.float32), Yt.numpy())
             scale = self._scale(np.diag(G).astype(np.float64) / n)
             inv = (1.0 / scale).astype(np.float32)
             G *= inv[:, None]
             G *= inv[None, :]
-            C = (torch.from_numpy(Xc).T @ Yt).numpy() * inv[:, None]
+            C *= inv[:, None]
             ts = TridiagonalSolver(G, overwrite=True)
             dec = ("primal", ts, ts.rotate(C).astype(np.float64))
             Xt = None
         else:
+            Xc = X - mean.astype(np.float32)
             scale = self._scale(np.einsum("ij,ij->j", Xc, Xc).astype(np.float64) / n)
             Xt = torch.from_numpy(Xc)
             Xt /= torch.from_numpy(scale.astype(np.float32))

@@ -288,6 +288,11 @@ def test_ridge_grouped_cv_scores_match_explicit_refits(n, d):
             sse[i] += (((Z[te] - mx) @ W + my - Y[te]) ** 2).sum(0)
     Yc = Y - Y.mean(0)
     np.testing.assert_allclose(head.cv_scores_, sse / n / Yc.var(0), rtol=2e-3)
+    # the final fit on all spots uses the chosen penalty
+    a = head.alpha_
+    W = np.linalg.solve(Z.T @ Z + a * np.eye(d), Z.T @ Yc)
+    np.testing.assert_allclose(head.predict(X), Z @ W + Y.mean(0), rtol=0,
+                               atol=1e-4 * np.abs(Y).max())
 
 
 def test_tridiagonal_solver_matches_dense():

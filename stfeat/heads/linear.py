@@ -476,6 +476,24 @@ class RidgeCVHead(BaseHead):
         """Coefficients (d, g) on standardised features for the chosen alpha(s)."""
         import torch
 
+        if dec is None and Xt.shape[0] >= Xt.shape[1]:
+            # the penalty was chosen by k-fold CV: a Cholesky solve per chosen penalty (float64)
+            # is cheaper than a tridiagonalisation of the full Gram matrix
+            from scipy.linalg import cho_factor, cho_solve
+            from scipy.linalg.blas import ssyrk
+
+            A = np.ascontiguousarray(Xt.numpy())
+            G = ssyrk(1.0, A.T, trans=0, lower=1).astype(np.float64)
+            C = (Xt.T @ Yt).double().numpy()
+            W = np.empty((A.shape[1], Yt.shape[1]))
+            for b in np.unique(best):
+                cols = np.flatnonzero(best == b)
+                Ga = G.copy(order="F")
+                Ga.flat[::A.shape[1] + 1] += float(alphas[b])
+                W[:, cols] = cho_solve(cho_factor(Ga, lower=True, overwrite_a=True,
+                                                  check_finite=False), C[:, cols],
+                                       check_finite=False)
+            return W
         kind, ts, Bt = self._decompose_rhs(Xt, Yt) if dec is None else dec
         W = np.empty((Bt.shape[0] if kind == "primal" else Xt.shape[1], Yt.shape[1]))
         for b in np.unique(best):
@@ -508,10 +526,10 @@ class RidgeCVHead(BaseHead):
         sse = np.zeros((len(alphas), Y.shape[1]))
         for tr, te in splits:
             tr_t, te_t = torch.from_numpy(tr), torch.from_numpy(te)
-            Xtr, Ytr = Xt[tr_t], Yt[tr_t]
+            Xtr, Ytr = Xt[tr_t], Yt[tr_t]  # fresh copies: centre them in place
             mx, my = Xtr.mean(0), Ytr.mean(0)
-            Xtr = (Xtr - mx).contiguous()
-            Ytr = Ytr - my
+            Xtr -= mx
+            Ytr -= my
             Xte = Xt[te_t] - mx
             Yte = (Yt[te_t] - my).double().numpy()
             kind, ts = self._decompose(Xtr)

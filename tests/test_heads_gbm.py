@@ -45,3 +45,9 @@ def test_defaults_boost_raw_features(data):
     head = make_head("lgbm", n_estimators=20, n_jobs=1).fit(X, Y[:, 0])
     assert head.components_ is None and head.best_iterations_.shape == (1,)
     assert head.predict(X).shape == (len(X),)
+    # ~150 features per tree whatever the width; all of them for narrow inputs
+    assert head.feature_fraction_ == 1.0
+    assert head._feature_fraction(3000) == pytest.approx(0.05)
+    assert make_head("lgbm", colsample_bytree=0.3)._feature_fraction(3000) == 0.3
+    head = make_head("lgbm", n_estimators=20, n_jobs=1, pca_components=8).fit(X, Y)
+    assert head.components_.shape == (8, X.shape[1]) and head.feature_fraction_ == 1.0

@@ -202,11 +202,22 @@ class LGBMHead(BaseHead):
     def predict(self, X) -> np.ndarray:
         """Predict (n, g) with each gene's booster at its best iteration."""
         X = self._check_x(X)
-        Xf = self._transform(X)
-        threads = self._threads()
-        P = np.column_stack([b.predict(Xf, num_iteration=int(it), num_threads=threads)
-                             for b, it in zip(self.boosters_, self.best_iterations_)])
-        return self._format_out(P)
+        Xf = np.ascontiguousarray(self._transform(X))
+        workers, per_booster = self._workers(len(self.boosters_), 0)
+
+        def one_gene(j: int) -> np.ndarray:
+            return self.boosters_[j].predict(Xf, num_iteration=int(self.best_iterations_[j]),
+                                             num_threads=per_booster)
+
+        # like fit: genes side by side on one thread each (a prediction does not depend on it)
+        if workers == 1:
+            cols = [one_gene(j) for j in range(len(self.boosters_))]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                cols = list(pool.map(one_gene, range(len(self.boosters_))))
+        return self._format_out(np.column_stack(cols))
 
     def _get_state(self):
         meta = self._base_meta() | {"feature_fraction_": float(self.feature_fraction_)}

@@ -32,8 +32,8 @@ class LGBMHead(BaseHead):
     cost of a round whatever the embedding's width (histograms over 150 features, not thousands),
     and use smaller trees with larger leaves. Against the earlier defaults (31 leaves of >= 20
     spots, 30% of the features per tree, row-wise histograms, all threads on one booster):
-    10,000 spots x 3,072 features on 2 busy cores (``benchmarks/bench_heads.py``) ~2.7 s per gene
-    instead of ~24 s, held-out r 0.829 vs 0.817 (4 synthetic genes); HER2ST DenseNet-121
+    10,000 spots x 3,072 features on 2 busy cores (``benchmarks/bench_heads.py``) 250 genes in
+    7 min instead of ~100 min, held-out r 0.812 vs 0.806 (5 synthetic genes); HER2ST DenseNet-121
     (leave-one-section-out, 50 genes) mean r 0.465 vs 0.457, 55 s vs 380 s. A PCA of the
     embedding first (``pca_components``) is no faster at 150 features per tree and costs
     accuracy: trees split on single embedding channels, and rotating them into principal

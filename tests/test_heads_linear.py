@@ -158,6 +158,8 @@ def test_lsqr_compressed_matches_scipy():
 def test_hest_ridge_user_alpha_and_small_data(embeddings, caplog):
     Xtr, Ytr, Xte, _ = embeddings
     assert HestRidge(alpha=5.0).fit(Xtr, Ytr).alpha_ == 5.0  # not overwritten, unlike HEST
+    with pytest.raises(ValueError, match="backend must be"):
+        HestRidge(backend="numpy").fit(Xtr, Ytr)
     # fewer spots than 256: components capped at min(n_samples, n_features)
     small = HestRidge().fit(Xtr[:100], Ytr[:100])
     assert small.n_components_ == 100 and small.alpha_ == pytest.approx(100 / (100 * 6))

@@ -155,7 +155,8 @@ class HestRidge(BaseHead):
         X, Y = self._check_xy(X, Y)
         n, d = X.shape
         if self.backend not in ("stfeat", "sklearn"):
-            raise ValueError(f"backend must be 'stfeat' or 'sklearn'; got {self.backend!r}.")
+            raise ValueError(f"backend must be 'stfeat' or 'sklearn'; got {self.backend!r}. Fix: "
+                             "use 'stfeat' (fast, default) or 'sklearn' (HEST's own objects).")
         self.pca_solver_ = None
         if self.n_components is None:
             self.mean_ = self.scale_ = self.pca_mean_ = self.components_ = None

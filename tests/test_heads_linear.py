@@ -326,17 +326,17 @@ def test_blas_threads_follow_free_cores(monkeypatch):
 
     from stfeat.heads import _cpu
 
-    monkeypatch.setenv("STFEAT_BLAS_THREADS", "1")
+    monkeypatch.setenv("STFEAT_CPU_THREADS", "1")
     assert _cpu.free_cores() == 1
     with _cpu.blas_threads():
         blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
         assert blas and all(n == 1 for n in blas)
         with _cpu.blas_threads(2):  # nested: keeps the outer setting
             assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
-    monkeypatch.setenv("STFEAT_BLAS_THREADS", "many")
-    with pytest.raises(ValueError, match="STFEAT_BLAS_THREADS"):
+    monkeypatch.setenv("STFEAT_CPU_THREADS", "many")
+    with pytest.raises(ValueError, match="STFEAT_CPU_THREADS"):
         _cpu.free_cores()
-    monkeypatch.delenv("STFEAT_BLAS_THREADS")
+    monkeypatch.delenv("STFEAT_CPU_THREADS")
     import os
 
     assert 1 <= _cpu.free_cores() <= (os.cpu_count() or 1)

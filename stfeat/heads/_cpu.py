@@ -1,4 +1,4 @@
-"""How many CPU threads the LAPACK factorisations of the linear heads should use.
+"""How many CPU threads the heads should use: the cores other processes leave free.
 
 OpenBLAS's threads meet at a barrier after every column of ``sytrd`` (and every panel of QR, LU,
 SVD). On an idle machine two threads halve the time (3,072 x 3,072 ``sytrd``: 1.15 s on one
@@ -57,16 +57,18 @@ def other_runnable(samples: int = 5, interval: float = 0.002) -> float | None:
 def free_cores() -> int:
     """CPU cores not used by other processes now (at least 1); all cores when unknown.
 
-    ``$STFEAT_BLAS_THREADS`` (an int) overrides the measurement, e.g. for reproducible timings.
+    ``$STFEAT_CPU_THREADS`` (an int) overrides the measurement, e.g. for reproducible timings or
+    bit-identical refits; it caps the linear heads' BLAS threads and the torch heads' threads.
     """
-    env = os.environ.get("STFEAT_BLAS_THREADS", "").strip()
+    env = os.environ.get("STFEAT_CPU_THREADS", "").strip()
     if env:
         try:
             return max(1, int(env))
         except ValueError:
-            raise ValueError(f"STFEAT_BLAS_THREADS must be an integer; got {env!r}. Fix: unset it "
-                             "or set e.g. STFEAT_BLAS_THREADS=2.") from None
-    n = os.cpu_count() or 1
+            raise ValueError(f"STFEAT_CPU_THREADS must be an integer; got {env!r}. Fix: unset it "
+                             "or set e.g. STFEAT_CPU_THREADS=2.") from None
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = n or 1
     busy = other_runnable()
     if busy is None:
         return n

@@ -44,15 +44,14 @@ def seeded(seed: int, device):
 
 
 def idle_cores() -> int:
-    """CPU cores not busy with other work: cores minus the 1-minute load average, at least 1."""
-    import os
+    """CPU cores not busy with other processes right now, at least 1 (:func:`stfeat.heads._cpu.free_cores`).
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return cores or 1
-    return max(1, int((cores or 1) - load + 0.5))
+    Not the 1-minute load average: that mostly reflects this process's own recent work, so
+    after a ridge fit it would leave an idle machine's second core unused.
+    """
+    from stfeat.heads._cpu import free_cores
+
+    return free_cores()
 
 
 @contextlib.contextmanager

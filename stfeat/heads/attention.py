@@ -180,8 +180,9 @@ class AttentionHead(BaseHead):
         ``"auto"`` = CUDA when available; seed of split, initialisation, dropout and batch order.
     n_threads
         Torch CPU threads during fit; ``None`` = 1 for small problems, otherwise torch's
-        default capped at the idle cores (cores minus the load average). Rounding (not the
-        seeded randomness) can differ between thread counts; pass an int for bit-identical refits.
+        default capped at the cores other processes leave free (``stfeat.heads._cpu``).
+        Rounding (not the seeded randomness) can differ between thread counts; pass an int (or
+        set ``$STFEAT_CPU_THREADS``) for bit-identical refits.
 
     Attributes
     ----------

@@ -43,7 +43,7 @@ class MLPHead(BaseHead):
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     n_threads
         Torch CPU threads during fit; ``None`` = 1 for small problems, otherwise torch's
-        default capped at the idle cores (cores minus the load average).
+        default capped at the cores other processes leave free (``stfeat.heads._cpu``).
     random_state
         Seed of the split, the initialisation, dropout and batch order.
 

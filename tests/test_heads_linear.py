@@ -345,3 +345,21 @@ def test_blas_threads_follow_free_cores(monkeypatch):
     assert 1 <= _cpu.free_cores() <= (os.cpu_count() or 1)
     busy = _cpu.other_runnable()
     assert busy is None or busy >= 0
+
+
+def test_free_cores_counts_other_work_on_our_cores(monkeypatch):
+    import os
+
+    from stfeat.heads import _cpu
+
+    monkeypatch.delenv("STFEAT_CPU_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(_cpu, "other_runnable", lambda: 60.0)
+    assert _cpu.free_cores() == 4  # the whole machine is ours to share: 4 cores are idle
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert _cpu.free_cores() == 4  # pinned to 4 cores; the 60 tasks fill the other 60
+    monkeypatch.setattr(_cpu, "other_runnable", lambda: 62.0)
+    assert _cpu.free_cores() == 2
+    monkeypatch.setattr(_cpu, "other_runnable", lambda: None)  # no /proc: all our cores
+    assert _cpu.free_cores() == 4

@@ -67,12 +67,17 @@ def free_cores() -> int:
         except ValueError:
             raise ValueError(f"STFEAT_CPU_THREADS must be an integer; got {env!r}. Fix: unset it "
                              "or set e.g. STFEAT_CPU_THREADS=2.") from None
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n = n or 1
+    total = os.cpu_count() or 1
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+    n = max(1, min(n, total))
     busy = other_runnable()
     if busy is None:
         return n
-    return max(1, min(n, n - int(round(busy))))
+    # /proc/loadavg counts the whole machine; when this process may run on only some of its
+    # cores (a batch scheduler's allocation, taskset), assume the other tasks fill the other
+    # cores first, so a job on its own 4 of 64 busy cores still uses its 4
+    busy_here = max(0.0, busy - (total - n))
+    return max(1, min(n, n - int(round(busy_here))))
 
 
 @contextlib.contextmanager

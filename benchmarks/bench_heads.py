@@ -83,7 +83,7 @@ def main() -> None:
           f"(flat {X.shape[1]}) x {args.genes} genes; {args.neighbors} neighbours")
 
     def r_mean(P):
-        Yt = Y[:n_test]
+        Yt = Y[:n_test, :P.shape[1]]
         Pc, Tc = P - P.mean(0), Yt - Yt.mean(0)
         return float(np.mean((Pc * Tc).sum(0) / (np.linalg.norm(Pc, axis=0) *
                                                    np.linalg.norm(Tc, axis=0) + 1e-12)))
@@ -150,23 +150,18 @@ def main() -> None:
         g = args.lgbm_genes
         g_r = min(g, 10)  # held-out r from a second fit on the training spots, on few genes
 
-        def r_genes(P):
-            Yt = Y[:n_test, :P.shape[1]]
-            Pc, Tc = P - P.mean(0), Yt - Yt.mean(0)
-            return float(np.mean((Pc * Tc).sum(0) / (np.linalg.norm(Pc, axis=0) *
-                                                       np.linalg.norm(Tc, axis=0) + 1e-12)))
-
         for label, kw in (("defaults", {}), ("PCA 256", {"pca_components": 256})):
             h = make_head("lgbm", **kw)
             _, dt = timeit(f"lgbm fit, {label}, {g} genes (<=500 rounds, early stop)",
                            lambda: h.fit(X, Y[:, :g]))
             its = h.best_iterations_
             print(f"  best iterations median {int(np.median(its))} (max {its.max()}); "
-                  f"{h.feature_fraction_:.3g} of {X.shape[1] if not kw else 256} features per tree")
+                  f"{h.feature_fraction_:.3g} of "
+                  f"{X.shape[1] if h.components_ is None else len(h.components_)} features per tree")
             print(f"  extrapolated to {args.genes} genes: ~{dt / g * args.genes:.0f} s "
                   "(linear in genes; binning is shared so this slightly overestimates)")
             h9 = make_head("lgbm", **kw).fit(X[tr], Y[tr, :g_r])
-            print(f"  held-out mean r {r_genes(h9.predict(X[:n_test])):.3f} "
+            print(f"  held-out mean r {r_mean(h9.predict(X[:n_test])):.3f} "
                   f"({g_r} genes, {n_test} spots)")
 
 

@@ -75,8 +75,8 @@ def test_hest_fast_pca_matches_sklearn():
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    from stfeat.heads._pca import (pca_fit_transform, standard_scaler_fit,
-                                   standard_scaler_transform)
+    from stfeat.heads._base import standardize_fit
+    from stfeat.heads._pca import pca_fit_transform, standard_scaler_transform
 
     rng = np.random.default_rng(3)
     n, d = 3000, 120
@@ -84,7 +84,7 @@ def test_hest_fast_pca_matches_sklearn():
          + 0.1 * rng.standard_normal((n, d)) + 7).astype(np.float32)
     X[:, 5] = 2.5  # a constant feature: scale 1, as scikit-learn
     sc = StandardScaler().fit(X)
-    mean, scale = standard_scaler_fit(X)
+    mean, scale = standardize_fit(X)
     np.testing.assert_allclose(mean, sc.mean_, rtol=1e-12)
     np.testing.assert_allclose(scale, sc.scale_, rtol=1e-10)
     assert scale[5] == 1.0

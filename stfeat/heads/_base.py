@@ -117,21 +117,28 @@ class BaseHead(RegressorMixin, BaseEstimator):
 
 
 def standardize_fit(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and standard deviation as StandardScaler computes them.
+    """``StandardScaler().fit(X)``'s ``mean_`` and ``scale_`` (float64), without float64 copies of X.
 
-    Accumulates in float64; columns with (near) zero variance get scale 1, as in scikit-learn's
-    ``_handle_zeros_in_scale``. Returns float64 ``(mean, scale)``.
+    Population variance accumulated in float64 by the corrected two-pass algorithm that
+    scikit-learn's ``_incremental_mean_and_var`` uses, in row blocks to bound memory; features
+    whose variance is within the rounding bound of a constant (scikit-learn's
+    ``_is_constant_feature``) get scale 1.
     """
-    mean = X.mean(axis=0, dtype=np.float64)
-    var = np.zeros(X.shape[1], dtype=np.float64)
-    # chunked to bound memory with large float32 inputs
+    n = X.shape[0]
+    mean = X.mean(0, dtype=np.float64)
+    ss = np.zeros(X.shape[1])
+    corr = np.zeros(X.shape[1])
     step = max(1, 2**24 // max(1, X.shape[1]))
-    for i in range(0, len(X), step):
-        var += ((X[i:i + step].astype(np.float64) - mean) ** 2).sum(axis=0)
-    var /= len(X)
-    scale = np.sqrt(var)
-    eps = 10 * np.finfo(scale.dtype).eps
-    scale[scale < eps] = 1.0
+    for i in range(0, n, step):
+        t = X[i:i + step].astype(np.float64)
+        t -= mean
+        corr += t.sum(0)
+        ss += np.einsum("ij,ij->j", t, t)
+    var = (ss - corr ** 2 / n) / n
+    eps = np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    scale = np.sqrt(np.maximum(var, 0.0))
+    scale[constant] = 1.0
     return mean, scale
 
 

@@ -54,6 +54,13 @@ def other_runnable(samples: int = 5, interval: float = 0.002) -> float | None:
     return float(vals[len(vals) // 2])
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def free_cores() -> int:
     """CPU cores not used by other processes now (at least 1); all cores when unknown.
 
@@ -68,8 +75,7 @@ def free_cores() -> int:
             raise ValueError(f"STFEAT_CPU_THREADS must be an integer; got {env!r}. Fix: unset it "
                              "or set e.g. STFEAT_CPU_THREADS=2.") from None
     total = os.cpu_count() or 1
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
-    n = max(1, min(n, total))
+    n = min(usable_cores(), total)
     busy = other_runnable()
     if busy is None:
         return n

@@ -6,8 +6,8 @@ the whole matrix) and about 3 s in PCA, whose ``svd_solver="auto"`` picks the ra
 (Halko et al. 2011) with 7 power iterations: 16 passes over the data. This module runs the same
 algorithm with the same random start and returns the same result to float32 rounding:
 
-* scaler: the mean and population variance accumulated in float64 (as scikit-learn does), its
-  rule for constant features, and the same float32 subtract-then-divide (equal bit for bit);
+* scaler: :func:`stfeat.heads._base.standardize_fit` (float64 statistics and scikit-learn's rule
+  for constant features) and the same float32 subtract-then-divide (equal bit for bit);
 * PCA: the same solver choice as scikit-learn's ``"auto"``. For the randomized solver, the same
   Gaussian test matrix (``RandomState(seed).normal``, cast to float32), oversampling (10), number
   of power iterations (7 or 4) and LU normalisation, but each power iteration multiplies by the
@@ -24,32 +24,6 @@ scikit-learn's pipeline.
 from __future__ import annotations
 
 import numpy as np
-
-_CHUNK = 2048  # rows per block for float64 accumulation (bounded temporaries)
-
-
-def standard_scaler_fit(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``StandardScaler().fit(X)``'s ``mean_`` and ``scale_`` (float64), without float64 copies of X.
-
-    Population variance accumulated in float64 by the corrected two-pass algorithm that
-    scikit-learn's ``_incremental_mean_and_var`` uses; features whose variance is within the
-    rounding bound of a constant (scikit-learn's ``_is_constant_feature``) get scale 1.
-    """
-    n = X.shape[0]
-    mean = X.mean(0, dtype=np.float64)
-    ss = np.zeros(X.shape[1])
-    corr = np.zeros(X.shape[1])
-    for i in range(0, n, _CHUNK):
-        t = X[i:i + _CHUNK].astype(np.float64)
-        t -= mean
-        corr += t.sum(0)
-        ss += np.einsum("ij,ij->j", t, t)
-    var = (ss - corr ** 2 / n) / n
-    eps = np.finfo(np.float64).eps
-    constant = var <= n * eps * var + (n * mean * eps) ** 2
-    scale = np.sqrt(var)
-    scale[constant] = 1.0
-    return mean, scale
 
 
 def standard_scaler_transform(X: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -43,17 +43,6 @@ def seeded(seed: int, device):
         yield
 
 
-def idle_cores() -> int:
-    """CPU cores not busy with other processes right now, at least 1 (:func:`stfeat.heads._cpu.free_cores`).
-
-    Not the 1-minute load average: that mostly reflects this process's own recent work, so
-    after a ridge fit it would leave an idle machine's second core unused.
-    """
-    from stfeat.heads._cpu import free_cores
-
-    return free_cores()
-
-
 @contextlib.contextmanager
 def cpu_threads(n_threads: int | None, work_per_step: float, device):
     """Run the block with ``n_threads`` torch CPU threads (restored afterwards).
@@ -70,10 +59,13 @@ def cpu_threads(n_threads: int | None, work_per_step: float, device):
         if work_per_step < 3e7:
             n = 1
         else:
-            # no more threads than idle cores: with the cores already busy, OpenMP threads
-            # wait on each other at every operator (one attention epoch, 10,000 spots x 11
-            # tokens x 1,024 features on 2 busy cores: 32 s with 2 threads, 8.6 s with 1)
-            n = max(1, min(old, idle_cores()))
+            # no more threads than the cores other processes leave free: with the cores
+            # already busy, OpenMP threads wait on each other at every operator (one attention
+            # epoch, 10,000 spots x 11 tokens x 1,024 features on 2 busy cores: 32 s with 2
+            # threads, 8.6 s with 1). Not the load average, which counts our own recent work.
+            from stfeat.heads._cpu import free_cores
+
+            n = max(1, min(old, free_cores()))
     if n is not None and int(n) != old:
         torch.set_num_threads(int(n))
     try:

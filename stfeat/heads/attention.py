@@ -91,11 +91,11 @@ def _heldout_ridge(own, Y, alpha: float, splits) -> np.ndarray:
     from scipy.linalg import cho_factor, cho_solve
     from scipy.linalg.blas import ssyrk
 
-    from threadpoolctl import threadpool_limits
+    from stfeat.heads._cpu import blas_threads
 
     # one BLAS thread: on a busy 2-core machine the Cholesky factorisations run several times
-    # slower with two OpenMP threads waiting on each other
-    with threadpool_limits(1):
+    # slower with two threads waiting on each other
+    with blas_threads(1):
         return _heldout_ridge_impl(own, Y, alpha, splits, ssyrk, cho_factor, cho_solve)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
 
 import numpy as np
@@ -16,6 +15,16 @@ logger = logging.getLogger(__name__)
 _FEATURES_PER_TREE = 150
 #: memory allowed for the extra copies of the binned data that concurrent boosters need
 _MAX_COPY_BYTES = 2 * 2**30
+
+
+def _map_genes(fn, n_genes: int, workers: int) -> list:
+    """``[fn(j) for j in range(n_genes)]``, on ``workers`` threads when more than one."""
+    if workers == 1:
+        return [fn(j) for j in range(n_genes)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, range(n_genes)))
 
 
 class LGBMHead(BaseHead):
@@ -99,8 +108,9 @@ class LGBMHead(BaseHead):
 
     def _threads(self) -> int:
         if self.n_jobs in (-1, None):
-            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-                else (os.cpu_count() or 1)
+            from stfeat.heads._cpu import usable_cores
+
+            return usable_cores()
         return max(1, int(self.n_jobs))
 
     def _workers(self, n_genes: int, binned_bytes: int) -> tuple[int, int]:
@@ -184,13 +194,7 @@ class LGBMHead(BaseHead):
 
         # genes are independent and each booster is seeded alike, so running them concurrently
         # (ctypes releases the GIL) gives the same boosters as running them one by one
-        if workers == 1:
-            self.boosters_ = [one_gene(j) for j in range(Y.shape[1])]
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(workers) as pool:
-                self.boosters_ = list(pool.map(one_gene, range(Y.shape[1])))
+        self.boosters_ = _map_genes(one_gene, Y.shape[1], workers)
         self.best_iterations_ = np.asarray(
             [b.best_iteration or b.current_iteration() for b in self.boosters_], dtype=np.int64)
         logger.info("lgbm: %d genes on %d features (%.3g per tree), %d worker(s) x %d thread(s), "
@@ -210,14 +214,8 @@ class LGBMHead(BaseHead):
                                              num_threads=per_booster)
 
         # like fit: genes side by side on one thread each (a prediction does not depend on it)
-        if workers == 1:
-            cols = [one_gene(j) for j in range(len(self.boosters_))]
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(workers) as pool:
-                cols = list(pool.map(one_gene, range(len(self.boosters_))))
-        return self._format_out(np.column_stack(cols))
+        return self._format_out(np.column_stack(_map_genes(one_gene, len(self.boosters_),
+                                                           workers)))
 
     def _get_state(self):
         meta = self._base_meta() | {"feature_fraction_": float(self.feature_fraction_)}

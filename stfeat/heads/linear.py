@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import numpy as np
@@ -11,21 +10,6 @@ from stfeat.heads._base import BaseHead
 
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run the block with ``n`` torch CPU threads (restored afterwards)."""
-    import torch
-
-    old = torch.get_num_threads()
-    if old != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
 
 
 class HestRidge(BaseHead):
@@ -182,10 +166,10 @@ class HestRidge(BaseHead):
                 self.explained_variance_ratio_ = pca.explained_variance_ratio_
                 self.pca_solver_ = pca._fit_svd_solver
             else:
-                from stfeat.heads._pca import (pca_fit_transform, standard_scaler_fit,
-                                               standard_scaler_transform)
+                from stfeat.heads._base import standardize_fit
+                from stfeat.heads._pca import pca_fit_transform, standard_scaler_transform
 
-                self.mean_, self.scale_ = standard_scaler_fit(X)
+                self.mean_, self.scale_ = standardize_fit(X)
                 Z = standard_scaler_transform(X, self.mean_, self.scale_)
                 res = pca_fit_transform(Z, k, self.random_state, self.svd_solver, overwrite=True)
                 del Z

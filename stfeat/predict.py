@@ -1,8 +1,9 @@
 """Apply a fitted model to a sample (``stfeat predict``): at its spots, or on a dense grid over the tissue.
 
 At the spots, features come from the stage-one cache when it holds this sample for the model's
-encoder configuration (same ``config_hash``), else they are extracted with stage one's code
-(:func:`stfeat.extract.extract_points`) and the encoder recorded in the model. With ``grid_um`` the
+encoder configuration (same ``config_hash``), else they are extracted into that cache with stage one's
+code (:func:`stfeat.extract.extract_caches`) and the encoder recorded in the model, so a second head
+or a second run reuses them. With ``grid_um`` the
 model predicts on a square grid (step in micrometres) over the tissue, beyond the measured spots:
 the tissue mask is Otsu's threshold on the saturation of the H&E thumbnail (cleaned by a
 morphological opening/closing), falling back to the measured spots' region dilated by two spot
@@ -11,7 +12,6 @@ pitches when the mask is implausible; neighbours are recomputed on the grid.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,56 +22,6 @@ import numpy as np
 from stfeat.errors import InputError
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------ models
-def find_model_dir(model_dir: str | Path, head: str | None = None) -> Path:
-    """The model folder: ``model_dir`` itself, or one of ``model_dir/models/*`` (a ``stfeat fit`` output)."""
-    d = Path(model_dir)
-    if (d / "model.json").is_file():
-        return d
-    sub = d / "models"
-    cands = sorted(p for p in sub.iterdir() if (p / "model.json").is_file()) if sub.is_dir() else []
-    if not cands:
-        raise InputError(d, "holds no fitted model (no model.json here or under models/).",
-                         "give the --out folder of `stfeat fit` or one of its models/ENCODER__HEAD folders.")
-    if head is not None:
-        cands = [p for p in cands if p.name == head or p.name.endswith(f"__{head}")]
-    if len(cands) != 1:
-        names = ", ".join(p.name for p in sorted((sub).iterdir()) if (p / "model.json").is_file())
-        raise InputError(d, f"holds {'several models' if len(cands) > 1 else 'no model for head ' + repr(head)} "
-                         f"({names}).", f"pick one: {d / 'models' / '<name>'} or --head NAME.")
-    return cands[0]
-
-
-def load_model(model_dir: str | Path, head: str | None = None) -> tuple[dict, Any]:
-    """Read a model saved by :func:`stfeat.fit.fit`: (manifest dict, fitted estimator)."""
-    from stfeat.fit import MODEL_FORMAT, MODEL_FORMAT_VERSION
-
-    d = find_model_dir(model_dir, head)
-    try:
-        manifest = json.loads((d / "model.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(d / "model.json", f"cannot be read ({exc}).", "re-run `stfeat fit`.") from None
-    if manifest.get("format") != MODEL_FORMAT:
-        raise InputError(d / "model.json", "is not an stfeat model manifest.", "give a folder written by `stfeat fit`.")
-    if int(manifest.get("format_version", 0)) > MODEL_FORMAT_VERSION:
-        raise InputError(d, f"model format {manifest['format_version']} is newer than this stfeat understands.",
-                         "upgrade stfeat.")
-    fmt = manifest.get("head_format")
-    if fmt == "stfeat-head":
-        from stfeat.heads import load_head
-
-        est = load_head(d / "head")
-    elif fmt == "joblib":
-        import joblib
-
-        log.warning("%s: loading a pickled scikit-learn estimator; only do this for folders you trust", d)
-        est = joblib.load(d / "head.joblib")
-    else:
-        raise InputError(d / "model.json", f"unknown head_format {fmt!r}.", "re-run `stfeat fit`.")
-    manifest["model_dir"] = str(d)
-    return manifest, est
 
 
 # ------------------------------------------------------------------------------------------ tissue grid
@@ -158,136 +108,145 @@ def tissue_grid(sample: Any, step_um: float, *, max_points: int = 500_000) -> tu
 
 
 # ------------------------------------------------------------------------------------------ predict
-def _load_sample(sample: Any):
-    if hasattr(sample, "adata"):
-        return sample
-    if hasattr(sample, "load"):
-        return sample.load()
-    from stfeat.io import resolve_samples
+def _one_sample(sample: Any):
+    from stfeat.io import as_samples
 
-    refs = resolve_samples(sample)
-    if len(refs) != 1:
-        raise InputError(sample, f"holds {len(refs)} samples ({[r.sample_id for r in refs][:8]}).",
+    items = as_samples(sample)
+    if len(items) != 1:
+        raise InputError(sample if isinstance(sample, (str, os.PathLike)) else None,
+                         f"holds {len(items)} samples ({[s.sample_id for s in items][:8]}).",
                          "give one sample (its folder or file) to predict.")
-    return refs[0].load()
+    return items[0]
 
 
-def _extract(manifest: dict, sample: Any, centres_px: np.ndarray, *, encoder, weights, device, batch_size):
-    """Features at points with the model's encoder; refuses an encoder configuration the model did not see."""
-    from stfeat.extract import encoder_identity, extract_points
+def _check_encoder(model: Any, encoder: Any, weights: Any) -> Any:
+    """The encoder to extract with; refuses an encoder configuration the model did not see."""
+    from stfeat.extract import encoder_identity
 
-    if sample.slide is None:
-        raise InputError(None, f"sample {sample.sample_id} has no H&E image to extract features from.",
-                         "give the sample with its image, or a --cache-dir holding its features.")
-    enc = encoder if encoder is not None else manifest["encoder"]
-    want = (manifest.get("encoder_attrs") or {}).get("config_hash")
+    enc = encoder if encoder is not None else model.encoder
+    want = model.encoder_attrs.get("config_hash")
     if want and isinstance(enc, str):
         ident = encoder_identity(enc, weights=weights)
         if ident.hash != want:
-            raise InputError(Path(manifest["model_dir"]), f"the model was fitted on features of encoder "
-                             f"{manifest['encoder']} with weights {manifest['encoder_attrs'].get('weights_id')} "
-                             f"(config {want}), but {enc} with weights {ident.weights_id} gives config {ident.hash}.",
+            raise InputError(model.path, f"the model was fitted on features of encoder {model.encoder} with weights "
+                             f"{model.encoder_attrs.get('weights_id')} (config {want}), but {enc} with weights "
+                             f"{ident.weights_id} gives config {ident.hash}.",
                              "pass the same --weights as at extraction, or a --cache-dir that holds this sample.")
-    scales = [float(s) for s in manifest["layout"]["scales"]]
-    log.info("extracting %s features at %d points, scales %s um", enc if isinstance(enc, str) else "encoder",
-             len(centres_px), scales)
-    feats = extract_points(sample.slide, centres_px, encoder=enc, scales_um=scales, um_per_px=sample.um_per_px,
+    return enc
+
+
+def _spot_features(model: Any, s: Any, *, cache_dir, encoder, weights, device, batch_size):
+    """The sample's features at its spots: from the cache, else extracted INTO the cache (so the next head or
+    the next predict of this sample reuses them)."""
+    from stfeat.extract import extract_caches
+    from stfeat.features import SampleFeatures, cache_file
+
+    cdir = cache_dir if cache_dir is not None else model.cache_dir
+    if cdir is None or (cache_dir is None and not Path(cdir).is_dir()):
+        cdir = os.environ.get("STFEAT_CACHE_DIR", "stfeat_cache")
+    p = cache_file(cdir, model.encoder, s.sample_id)
+    how = f"cache {p}"
+    if not p.exists():
+        if s.slide is None:
+            raise InputError(s.meta.get("source_path"), f"sample {s.sample_id} has no H&E image to extract features from.",
+                             "give the sample with its image, or a --cache-dir holding its features.")
+        enc = _check_encoder(model, encoder, weights)
+        log.info("no cached features of %s in %s: extracting them there", s.sample_id, cdir)
+        extract_caches([s], encoder=enc, weights=weights, scales_um=model.scales_um, cache_dir=cdir,
+                       k_neighbors=int(model.layout.get("k_neighbors", 8)), device=device, batch_size=batch_size,
+                       dtype=str(model.encoder_attrs.get("dtype") or "float16"))
+        how = f"extracted into {p}"
+    sf = SampleFeatures.from_cache(p, scales=model.layout["scales"], sample_id=s.sample_id)
+    want = model.encoder_attrs.get("config_hash")
+    if want and sf.attrs.get("config_hash") != want:
+        raise InputError(p, f"was made with another encoder configuration ({sf.attrs.get('config_hash')}) than the "
+                         f"model's ({want}).", "point --cache-dir to the cache the model was fitted on, or move this "
+                         "file away so features are extracted afresh.")
+    return sf.aligned_to(s.barcodes, sample_path=s.meta.get("source_path")), how
+
+
+def _grid_features(model: Any, s: Any, pts: np.ndarray, *, encoder, weights, device, batch_size):
+    from stfeat.extract import extract_points
+    from stfeat.features import SampleFeatures
+
+    if s.slide is None:
+        raise InputError(s.meta.get("source_path"), f"sample {s.sample_id} has no H&E image to predict a grid on.",
+                         "give the sample with its image.")
+    enc = _check_encoder(model, encoder, weights)
+    feats = extract_points(s.slide, pts, encoder=enc, scales_um=model.scales_um, um_per_px=s.um_per_px,
                            weights=weights, device=device, batch_size=batch_size)
     # The heads were fitted on features as the cache stores them (float16 by default): round fresh features
     # the same way, so a grid point on a measured spot gets that spot's prediction.
-    stored = (manifest.get("encoder_attrs") or {}).get("dtype")
+    stored = model.encoder_attrs.get("dtype")
     if stored:
         feats = {k: np.asarray(v).astype(np.dtype(stored)).astype(np.float32) for k, v in feats.items()}
-    return feats
+    names = np.array([f"grid_{i}" for i in range(len(pts))])
+    return SampleFeatures(s.sample_id, s.patient, names, pts, s.um_per_px, feats)  # neighbours from the grid
 
 
-def _inputs(manifest: dict, sf) -> dict:
-    from stfeat.features import flat_features, token_features
-
-    lay = manifest["layout"]
-    if lay["kind"] == "tokens":
-        t = token_features(sf, lay["scales"], k=lay["k_neighbors"], neighbor_scale=lay.get("neighbor_scale"))
-        return {"X": t["X"], "rel_pos": t["rel_pos"], "token_type": t["token_type"], "mask": t["mask"]}
-    return {"X": flat_features(sf, lay["scales"], neighbor_mean=lay["neighbor_mean"], k=lay["k_neighbors"])}
-
-
-def predict(model_dir: str | Path, sample: Any, *, out: str | Path | None = None, grid_um: float | None = None,
+def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: float | None = None,
             cache_dir: str | Path | None = None, head: str | None = None, encoder: Any = None,
             weights: str | Path | None = None, device: str | None = None, batch_size: int | None = None,
-            plot: bool = True):
+            plot: bool = True, allow_pickle: bool = False):
     """Predict expression for a sample's spots, or on a dense grid over its tissue.
 
     Parameters
     ----------
-    model_dir
-        A model folder (``models/ENCODER__HEAD``) or a ``stfeat fit`` output with one model (else ``head``).
+    model
+        A :class:`stfeat.Model`, a model folder (``models/ENCODER__HEAD``), or a ``stfeat fit`` output (its
+        best head by cross-validation unless ``head`` is given).
     sample
-        A sample path (or SampleRef / Sample).
+        One sample: a path, a SampleRef or a Sample.
     out
         ``.h5ad`` to write (atomically); with ``plot`` a PNG map is written beside it.
     grid_um
         Grid step in micrometres: predict on a grid over the tissue instead of at the spots.
     cache_dir
-        Where to look for the sample's features (default: the cache the model was fitted on).
+        Where the sample's features are, or go when they must be extracted (default: the cache the model
+        was fitted on).
     head
         Which model of a multi-model fit output.
     encoder, weights
         Override the encoder (name or built Encoder) / weights used when features must be extracted.
+    allow_pickle
+        Allow a legacy pickled head (runs code from the file; only for models you made).
 
     Returns
     -------
     AnnData
-        ``X`` = predicted expression (transform of the model) for the model's genes; spots: obs =
-        barcodes, ``layers["measured"]`` = the measured values under the same transform; grid:
-        obs ``grid_*``, ``obs["in_tissue"]``. ``obsm["spatial"]`` holds level-0 px centres (x, y).
+        ``X`` = predicted expression (the model's transform, clipped at 0) for the model's genes; spots: obs =
+        barcodes, ``layers["measured"]`` = the measured values under the same transform; grid: obs
+        ``grid_*``, ``obs["in_tissue"]``. ``obsm["spatial"]`` holds level-0 px centres (x, y).
     """
     import anndata as ad
     import pandas as pd
 
     from stfeat import __version__
-    from stfeat.features import SampleFeatures, cache_file
-    from stfeat.fit import predict_estimator
+    from stfeat.model import Model
     from stfeat.targets import Expression, target_matrix
 
-    manifest, est = load_model(model_dir, head)
-    s = _load_sample(sample)
-    genes = list(manifest["genes"])
-    scales = manifest["layout"]["scales"]
-    prov = {"model_dir": manifest["model_dir"], "encoder": manifest["encoder"], "head": manifest["head"],
-            "transform": manifest["transform"], "gene_rule": manifest["gene_rule"], "stfeat_version": __version__,
-            "sample_id": s.sample_id}
+    if not isinstance(model, Model):
+        model = Model.load(model, head, allow_pickle=allow_pickle)
+    s = _one_sample(sample)
+    genes = list(model.genes)
+    prov = {"model_dir": str(model.path or ""), "encoder": model.encoder, "head": model.head,
+            "transform": model.transform, "gene_rule": model.gene_rule, "stfeat_version": __version__,
+            "sample_id": s.sample_id, "clipped_at_zero": "true"}
+    kw = dict(encoder=encoder, weights=weights, device=device, batch_size=batch_size)
     if grid_um is None:
-        sf = None
-        cdir = cache_dir if cache_dir is not None else manifest.get("cache_dir")
-        p = cache_file(cdir, manifest["encoder"], s.sample_id) if cdir else None
-        if p is not None and p.exists():
-            sf = SampleFeatures.from_cache(p, scales=scales, sample_id=s.sample_id)
-            want = (manifest.get("encoder_attrs") or {}).get("config_hash")
-            if want and sf.attrs.get("config_hash") != want:
-                raise InputError(p, f"was made with another encoder configuration ({sf.attrs.get('config_hash')}) "
-                                 f"than the model's ({want}).", "point --cache-dir to the cache the model was fitted "
-                                 "on, or move this file away so features are extracted afresh.")
-            sf = sf.aligned_to(s.barcodes, sample_path=getattr(sample, "path", sample))
-            prov["features"] = f"cache {p}"
-        else:
-            feats = _extract(manifest, s, s.coords, encoder=encoder, weights=weights, device=device,
-                             batch_size=batch_size)
-            sf = SampleFeatures(s.sample_id, s.patient, s.barcodes, s.coords, s.um_per_px, feats)
-            prov["features"] = "extracted"
-        P = predict_estimator(est, _inputs(manifest, sf))
+        sf, prov["features"] = _spot_features(model, s, cache_dir=cache_dir, **kw)
+        P = model.predict_features(sf)
         a = ad.AnnData(X=P, obs=pd.DataFrame(index=pd.Index(s.barcodes, name="barcode")),
                        var=pd.DataFrame(index=pd.Index(genes, name="gene")))
         a.obs["sample"] = s.sample_id
         a.layers["predicted"] = P
-        a.layers["measured"] = target_matrix(Expression.from_sample(s), genes, manifest["transform"])
+        a.layers["measured"] = target_matrix(Expression.from_sample(s), genes, model.transform)
         a.obsm["spatial"] = s.coords
     else:
         pts, how = tissue_grid(s, float(grid_um))
-        feats = _extract(manifest, s, pts, encoder=encoder, weights=weights, device=device, batch_size=batch_size)
-        names = np.array([f"grid_{i}" for i in range(len(pts))])
-        sf = SampleFeatures(s.sample_id, s.patient, names, pts, s.um_per_px, feats)  # neighbours recomputed on the grid
-        P = predict_estimator(est, _inputs(manifest, sf))
-        a = ad.AnnData(X=P, obs=pd.DataFrame(index=names), var=pd.DataFrame(index=pd.Index(genes, name="gene")))
+        sf = _grid_features(model, s, pts, **kw)
+        P = model.predict_features(sf)
+        a = ad.AnnData(X=P, obs=pd.DataFrame(index=sf.barcodes), var=pd.DataFrame(index=pd.Index(genes, name="gene")))
         a.obs["sample"] = s.sample_id
         a.obs["in_tissue"] = True
         a.layers["predicted"] = P
@@ -302,11 +261,11 @@ def predict(model_dir: str | Path, sample: Any, *, out: str | Path | None = None
         a.write_h5ad(tmp)
         os.replace(tmp, out)
         if plot:
-            from stfeat import plots
+            from stfeat import pl
 
             order = np.argsort(-np.var(P, axis=0))[:6]
-            plots.plot_expression_map(plots.sample_thumbnail(s), np.asarray(a.obsm["spatial"]), P[:, order],
-                                      [genes[i] for i in order], out.with_suffix(".png"),
-                                      title=f"{s.sample_id}: {manifest['encoder']} / {manifest['head']}"
-                                            + (f", grid {grid_um:g} um" if grid_um else ""))
+            pl.expression_map(pl.sample_thumbnail(s), np.asarray(a.obsm["spatial"]), P[:, order],
+                              [genes[i] for i in order], save=out.with_suffix(".png"),
+                              title=f"{s.sample_id}: {model.encoder} / {model.head}"
+                                    + (f", grid {grid_um:g} um" if grid_um else ""))
     return a

@@ -63,7 +63,7 @@ def extract_cmd(
     One file per sample: {cache-dir}/{encoder}/{sample}.h5, with a FAISS spatial neighbour graph.
     Complete files are skipped, interrupted ones resumed. Prints one line per sample.
     """
-    from stfeat.extract import extract
+    from stfeat.extract import extract_caches
 
     setup_logging(verbose)
     if um_per_px is not None and not um_per_px > 0:
@@ -80,7 +80,7 @@ def extract_cmd(
         counts[r.status] = counts.get(r.status, 0) + 1
         typer.echo(r.line())
 
-    paths = extract(path, encoder=encoder, weights=weights, scales_um=scale_list, cache_dir=root,
+    paths = extract_caches(path, encoder=encoder, weights=weights, scales_um=scale_list, cache_dir=root,
                     k_neighbors=k_neighbors, batch_size=batch_size, num_workers=workers, device=device,
                     overwrite=overwrite, shard=shard, dtype=dtype.value, um_per_px=um_per_px,
                     pretrained=not random_weights, progress=True, on_sample=on_sample)

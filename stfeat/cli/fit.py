@@ -94,7 +94,7 @@ def fit_cmd(
     held-out sample), predictions (h5ad), the fitted models and plots into --out.
     """
     from stfeat.evaluate import parse_split
-    from stfeat.fit import fit
+    from stfeat.fit import fit_report
     from stfeat.targets import GeneRule
 
     setup_logging(verbose)
@@ -110,8 +110,8 @@ def fit_cmd(
                                  param_hint="--head")
     root = cache_dir if cache_dir is not None else Path(os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
     try:
-        res = fit(path, encoder=encoders, cache_dir=root, heads=heads, head_params=_parse_head_params(head_params, heads),
-                  scales=parse_scales(scales), genes=genes, transform=transform.value, split=split,
+        res = fit_report(path, encoder=encoders, cache_dir=root, head=heads, head_params=_parse_head_params(head_params, heads),
+                  scales_um=parse_scales(scales), genes=genes, transform=transform.value, split=split,
                   k_neighbors=k_neighbors, neighbor_mean=neighbor_mean, out_dir=out, seed=seed, metric_top_k=top_k,
                   save_fold_models=save_fold_models, plots=plots)
     except ValueError as exc:  # user-level problems raised as plain ValueError (e.g. a split that would leak)

@@ -123,8 +123,8 @@ def run_demo(
     on_step
         Called with a one-line message before each step (the CLI prints them).
     """
-    from stfeat.extract import extract
-    from stfeat.fit import fit
+    from stfeat.extract import extract_caches
+    from stfeat.fit import fit_report
     from stfeat.synthetic import SYNTHETIC_BANNER, make_synthetic_dataset
 
     say = on_step or (lambda msg: log.info("%s", msg))
@@ -152,14 +152,14 @@ def run_demo(
     say(f"[2/4] extract: encoder {encoder}, fields of view {', '.join(f'{s:g}' for s in scales_um)} um "
         f"-> {cache_dir}")
     t0 = time.perf_counter()
-    files = extract(data_path, encoder=encoder, weights=weights, scales_um=list(scales_um), cache_dir=cache_dir,
+    files = extract_caches(data_path, encoder=encoder, weights=weights, scales_um=list(scales_um), cache_dir=cache_dir,
                     num_workers=num_workers, device=device, um_per_px=um_per_px)
     seconds["extract"] = time.perf_counter() - t0
 
     fit_dir = out / "fit"
     say(f"[3/4] fit: heads {', '.join(heads)}; genes {genes}; split {split} (patient-grouped) -> {fit_dir}")
     t0 = time.perf_counter()
-    res = fit(data_path, encoder=encoder, cache_dir=cache_dir, heads=heads, genes=genes, split=split,
+    res = fit_report(data_path, encoder=encoder, cache_dir=cache_dir, head=heads, genes=genes, split=split,
               out_dir=fit_dir, seed=seed)
     seconds["fit"] = time.perf_counter() - t0
 
@@ -174,22 +174,18 @@ def run_demo(
 
 
 def _predict_one(result: DemoResult, res: Any, say: Callable[[str], None]) -> Path | None:
-    """Predict the first sample with the first head's refit model, if stage-two predict exists."""
-    try:
-        from stfeat.predict import predict
-    except ImportError:  # predict lands separately; the demo still completes without it
-        result.notes.append("stfeat.predict is not available: skipped the prediction step")
-        return None
+    """Predict the first sample with the best head by cross-validation (its refit model, with an intercept)."""
     from stfeat.io import resolve_samples
+    from stfeat.predict import predict
 
     model_dirs = getattr(res, "model_dirs", {}) or {}
     if not model_dirs:
         return None
-    head = result.heads[0]
-    model_dir = model_dirs.get(head) or next(iter(model_dirs.values()))
+    best = res.metrics.get("best_model") or next(iter(model_dirs))
+    model_dir = model_dirs[best]
     ref = resolve_samples(result.data)[0]
     dest = result.fit_dir / f"demo_prediction_{ref.sample_id}.h5ad"
-    say(f"[4/4] predict: {ref.sample_id} with the refit {head} model -> {dest}")
+    say(f"[4/4] predict: {ref.sample_id} with the refit {best} model (best by cross-validation) -> {dest}")
     t0 = time.perf_counter()
     predict(model_dir, ref, out=dest, cache_dir=result.cache_dir)
     result.seconds["predict"] = time.perf_counter() - t0

@@ -101,8 +101,12 @@ class Model:
             "seed": self.seed, "notes": list(self.notes), **self.extra,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model folder atomically (a temporary folder renamed into place)."""
+    def save(self, path: str | Path, *, head: bool = True) -> Path:
+        """Write the model folder atomically (a temporary folder renamed into place).
+
+        Raises :class:`UnsafeEstimatorError` for an estimator that cannot be saved without pickle (a custom
+        class); ``head=False`` writes only ``model.json`` (genes, layout, provenance), marked unusable.
+        """
         from stfeat.heads import save_head
         from stfeat.heads._base import BaseHead
 
@@ -111,7 +115,9 @@ class Model:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         manifest = self.manifest()
-        if isinstance(self.estimator, BaseHead):
+        if not head:
+            manifest["head_format"] = "none"
+        elif isinstance(self.estimator, BaseHead):
             save_head(self.estimator, tmp / "head")
             manifest["head_format"] = "stfeat-head"
         else:
@@ -153,6 +159,9 @@ class Model:
             est = load_head(d / "head")
         elif fmt == "skops":
             est = _load_skops(d / "head.skops")
+        elif fmt == "none":
+            raise InputError(d, "holds no fitted head: its estimator could not be saved without pickle.",
+                             "refit with an stfeat head or a plain scikit-learn estimator to get a usable model.")
         elif fmt == "joblib":
             f = d / "head.joblib"
             if not allow_pickle:
@@ -232,6 +241,10 @@ def _best_model(d: Path) -> str | None:
         return None
 
 
+class UnsafeEstimatorError(InputError):
+    """An estimator holds types that skops does not trust (custom classes): it cannot be saved without pickle."""
+
+
 def _save_skops(est: Any, path: Path) -> None:
     import skops.io as sio
 
@@ -239,7 +252,7 @@ def _save_skops(est: Any, path: Path) -> None:
     bad = sio.get_untrusted_types(file=path)
     if bad:
         path.unlink()
-        raise InputError(None, f"the estimator {type(est).__name__} holds types that cannot be saved safely: {bad}.",
+        raise UnsafeEstimatorError(None, f"the estimator {type(est).__name__} holds types that cannot be saved safely: {bad}.",
                          "use an stfeat head or a plain scikit-learn estimator (no custom classes or functions).")
 
 

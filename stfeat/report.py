@@ -102,7 +102,7 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
     from stfeat import __version__
     from stfeat.crossval import METRIC_NOTE, TRANSFORM_NOTE
     from stfeat.fit import FitResult
-    from stfeat.model import Model
+    from stfeat.model import Model, UnsafeEstimatorError
 
     import pandas as pd
 
@@ -154,10 +154,18 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
         model_dirs = {}
         for tag, model in models.items():
             model_dirs[tag] = out_dir / "models" / tag
-            model.save(tmp / "models" / tag)
+            try:
+                model.save(tmp / "models" / tag)
+            except UnsafeEstimatorError as exc:
+                model.save(tmp / "models" / tag, head=False)
+                note = f"model {tag} saved without its head (not usable for predict): {exc}"
+                log.warning("%s", note)
+                metrics["notes"].append(note)
+                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
             if save_fold_models:
                 cv = cvs[tag]
-                for fold in plan.folds:
+                for fold in (plan.folds if (tmp / "models" / tag / "head.skops").exists()
+                             or (tmp / "models" / tag / "head").exists() else []):
                     sel = cv.selections[fold.name]
                     Model(estimator=cv.estimators[fold.name], head=model.head, genes=list(sel.genes),
                           transform=model.transform, layout=cv.layout, encoder=model.encoder,

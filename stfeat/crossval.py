@@ -110,7 +110,7 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
     Parameters
     ----------
     features
-        A :class:`stfeat.features.FeatureSet` with counts (from :func:`stfeat.extract.extract` or
+        A :class:`stfeat.features.FeatureSet` with counts (from :func:`stfeat.extraction.extract` or
         :meth:`FeatureSet.load`).
     head
         An estimator object (e.g. ``st.heads.RidgeCV()``) or a registry name (``"ridge"``, ``"hest-ridge"``, ...).

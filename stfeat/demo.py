@@ -5,8 +5,8 @@ labelled ``SYN-...``), extracts features with the no-weights ``classical`` encod
 of view, fits a few heads with a patient-grouped split, and writes metrics, plots and predictions.
 With ``data=`` it runs the same steps on the user's own sample, folder or manifest.
 
-It calls the library functions the CLI commands call (:func:`stfeat.extract.extract`,
-:func:`stfeat.fit.fit`, :func:`stfeat.predict.predict`), never copies of them.
+It calls the library functions the CLI commands call (:func:`stfeat.extraction.extract`,
+:func:`stfeat.fitting.fit`, :func:`stfeat.prediction.predict`), never copies of them.
 """
 
 from __future__ import annotations
@@ -112,19 +112,19 @@ def run_demo(
     um_per_px
         Override the samples' micrometres per pixel (user data lacking it).
     device, num_workers
-        Passed to :func:`stfeat.extract.extract`.
+        Passed to :func:`stfeat.extraction.extract`.
     seed
         Seed of the synthetic dataset and of the heads.
     quick
         Reduced settings (smaller dataset, two heads); default from ``$STFEAT_DEMO_QUICK``.
     predict
         Also predict one held-in sample with the refit model (``fit/demo_prediction.h5ad``) when
-        :mod:`stfeat.predict` is available.
+        :mod:`stfeat.prediction` is available.
     on_step
         Called with a one-line message before each step (the CLI prints them).
     """
-    from stfeat.extract import extract_caches
-    from stfeat.fit import fit_report
+    from stfeat.extraction import extract_caches
+    from stfeat.fitting import fit_report
     from stfeat.synthetic import SYNTHETIC_BANNER, make_synthetic_dataset
 
     say = on_step or (lambda msg: log.info("%s", msg))
@@ -176,7 +176,7 @@ def run_demo(
 def _predict_one(result: DemoResult, res: Any, say: Callable[[str], None]) -> Path | None:
     """Predict the first sample with the best head by cross-validation (its refit model, with an intercept)."""
     from stfeat.io import resolve_samples
-    from stfeat.predict import predict
+    from stfeat.prediction import predict
 
     model_dirs = getattr(res, "model_dirs", {}) or {}
     if not model_dirs:

@@ -46,7 +46,7 @@ def _json_default(o: Any):
 
 @dataclass
 class Model:
-    """A fitted head ready to predict new slides (from :func:`stfeat.fit.fit`, or :meth:`Model.load`).
+    """A fitted head ready to predict new slides (from :func:`stfeat.fitting.fit`, or :meth:`Model.load`).
 
     Attributes
     ----------
@@ -199,9 +199,9 @@ class Model:
         """Predict the spots of a sample (or a dense grid over it, ``grid_um=``): an AnnData.
 
         ``samples`` is one sample (path, SampleRef or Sample); keyword arguments are those of
-        :func:`stfeat.predict.predict` (``cache_dir``, ``grid_um``, ``out``, ``weights``, ...).
+        :func:`stfeat.prediction.predict` (``cache_dir``, ``grid_um``, ``out``, ``weights``, ...).
         """
-        from stfeat.predict import predict
+        from stfeat.prediction import predict
 
         return predict(self, samples, **kwargs)
 

@@ -101,7 +101,7 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
     """Write the outputs of cross-validated heads (tag -> CVResult) and their refit models (tag -> Model)."""
     from stfeat import __version__
     from stfeat.crossval import METRIC_NOTE, TRANSFORM_NOTE
-    from stfeat.fit import FitResult
+    from stfeat.fitting import FitResult
     from stfeat.model import Model, UnsafeEstimatorError
 
     import pandas as pd

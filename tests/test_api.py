@@ -158,7 +158,7 @@ def test_malicious_pickled_model_runs_nothing(toy, tmp_path):
 def test_fit_output_is_swapped_in_whole(toy, tmp_path, monkeypatch):
     tmp, samples, _ = toy
     from stfeat import report
-    from stfeat.fit import fit_report
+    from stfeat.fitting import fit_report
 
     out = tmp_path / "out"
     fit_report(samples, encoder="toy", cache_dir=tmp / "cache", head=[Ridge()], genes="hvg:5", out_dir=out,
@@ -182,7 +182,7 @@ def test_fit_output_is_swapped_in_whole(toy, tmp_path, monkeypatch):
 
 def test_predict_picks_the_best_head_by_cv(toy, tmp_path):
     tmp, samples, _ = toy
-    from stfeat.fit import fit_report
+    from stfeat.fitting import fit_report
 
     res = fit_report(samples, encoder="toy", cache_dir=tmp / "cache", head=[Ridge(alpha=1e6), "ridge"],
                      genes="hvg:5", out_dir=tmp_path / "out", plots=False)
@@ -195,7 +195,7 @@ def test_predict_picks_the_best_head_by_cv(toy, tmp_path):
 @pytest.mark.slow
 def test_her2st_table_unchanged_by_the_api_refactor(her2st, tmp_path):
     """`stfeat fit` (fit_report) on three real HER2ST sections: the same per-section r as the code before."""
-    from stfeat.fit import fit_report
+    from stfeat.fitting import fit_report
 
     ref = json.loads((REPO / "tests" / "data" / "her2st_classical_loso_reference.json").read_text())
     manifest = tmp_path / "m.csv"

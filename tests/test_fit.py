@@ -1,4 +1,4 @@
-"""stfeat.fit end to end on in-code caches (sklearn Ridge and a token stand-in head)."""
+"""stfeat.fitting end to end on in-code caches (sklearn Ridge and a token stand-in head)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import Ridge
 
 from stfeat.errors import InputError
-from stfeat.fit import fit_report as fit
+from stfeat.fitting import fit_report as fit
 from test_fit_support import toy_dataset, toy_sample
 
 

@@ -1,4 +1,4 @@
-"""stfeat.predict: model save/load, spots from the cache, tissue grid."""
+"""stfeat.prediction: model save/load, spots from the cache, tissue grid."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from stfeat.errors import InputError
-from stfeat.fit import fit_report as fit
+from stfeat.fitting import fit_report as fit
 from stfeat.model import Model, find_model_dir
-from stfeat.predict import otsu_threshold, predict, tissue_mask
+from stfeat.prediction import otsu_threshold, predict, tissue_mask
 from test_fit_support import toy_dataset, toy_sample, write_toy_cache
 
 

@@ -1,4 +1,4 @@
-"""``stfeat extract``: stage one from the command line (a thin layer over :func:`stfeat.extract.extract`)."""
+"""``stfeat extract``: stage one from the command line (a thin layer over :func:`stfeat.extraction.extract`)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def extract_cmd(
     One file per sample: {cache-dir}/{encoder}/{sample}.h5, with a FAISS spatial neighbour graph.
     Complete files are skipped, interrupted ones resumed. Prints one line per sample.
     """
-    from stfeat.extract import extract_caches
+    from stfeat.extraction import extract_caches
 
     setup_logging(verbose)
     if um_per_px is not None and not um_per_px > 0:

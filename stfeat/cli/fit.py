@@ -1,4 +1,4 @@
-"""``stfeat fit``: stage two from the command line (a thin layer over :func:`stfeat.fit.fit`)."""
+"""``stfeat fit``: stage two from the command line (a thin layer over :func:`stfeat.fitting.fit`)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def fit_cmd(
     held-out sample), predictions (h5ad), the fitted models and plots into --out.
     """
     from stfeat.evaluate import parse_split
-    from stfeat.fit import fit_report
+    from stfeat.fitting import fit_report
     from stfeat.targets import GeneRule
 
     setup_logging(verbose)

@@ -1,4 +1,4 @@
-"""``stfeat predict``: apply a fitted model to a sample (a thin layer over :func:`stfeat.predict.predict`)."""
+"""``stfeat predict``: apply a fitted model to a sample (a thin layer over :func:`stfeat.prediction.predict`)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def predict_cmd(
 ) -> None:
     """Predict expression for a sample's spots (features from the cache, else extracted), or on a
     dense --grid over its tissue; writes an AnnData (X = predicted, layers measured/predicted)."""
-    from stfeat.predict import predict
+    from stfeat.prediction import predict
 
     setup_logging(verbose)
     if grid is not None and not grid > 0:

@@ -1,6 +1,6 @@
 """One coercion for "a path, a manifest, a SampleRef, a Sample, or a list of them" (:func:`as_samples`).
 
-Every public function that takes samples (:func:`stfeat.extract.extract`, :func:`stfeat.fit.fit_report`,
+Every public function that takes samples (:func:`stfeat.extraction.extract`, :func:`stfeat.fitting.fit_report`,
 :meth:`stfeat.Model.predict`, ...) goes through here, so all of them accept the same things.
 """
 

@@ -2,7 +2,7 @@
 
 At the spots, features come from the stage-one cache when it holds this sample for the model's
 encoder configuration (same ``config_hash``), else they are extracted into that cache with stage one's
-code (:func:`stfeat.extract.extract_caches`) and the encoder recorded in the model, so a second head
+code (:func:`stfeat.extraction.extract_caches`) and the encoder recorded in the model, so a second head
 or a second run reuses them. With ``grid_um`` the
 model predicts on a square grid (step in micrometres) over the tissue, beyond the measured spots:
 the tissue mask is Otsu's threshold on the saturation of the H&E thumbnail (cleaned by a
@@ -121,7 +121,7 @@ def _one_sample(sample: Any):
 
 def _check_encoder(model: Any, encoder: Any, weights: Any) -> Any:
     """The encoder to extract with; refuses an encoder configuration the model did not see."""
-    from stfeat.extract import encoder_identity
+    from stfeat.extraction import encoder_identity
 
     enc = encoder if encoder is not None else model.encoder
     want = model.encoder_attrs.get("config_hash")
@@ -138,7 +138,7 @@ def _check_encoder(model: Any, encoder: Any, weights: Any) -> Any:
 def _spot_features(model: Any, s: Any, *, cache_dir, encoder, weights, device, batch_size):
     """The sample's features at its spots: from the cache, else extracted INTO the cache (so the next head or
     the next predict of this sample reuses them)."""
-    from stfeat.extract import extract_caches
+    from stfeat.extraction import extract_caches
     from stfeat.features import SampleFeatures, cache_file
 
     cdir = cache_dir if cache_dir is not None else model.cache_dir
@@ -166,7 +166,7 @@ def _spot_features(model: Any, s: Any, *, cache_dir, encoder, weights, device, b
 
 
 def _grid_features(model: Any, s: Any, pts: np.ndarray, *, encoder, weights, device, batch_size):
-    from stfeat.extract import extract_points
+    from stfeat.extraction import extract_points
     from stfeat.features import SampleFeatures
 
     if s.slide is None:

@@ -15,6 +15,7 @@ from sklearn.linear_model import Ridge
 
 import stfeat as st
 from stfeat.errors import InputError
+from test_demo import demo_workspace  # noqa: F401  (session fixture)
 from test_fit_support import toy_dataset, toy_sample, write_toy_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,3 +209,24 @@ def test_her2st_table_unchanged_by_the_api_refactor(her2st, tmp_path):
         assert row["head"] == want["head"]
         for col in ("C2", "C3", "C4", "mean"):
             assert row[col] == pytest.approx(want[col], abs=1e-6), (row["head"], col)
+
+
+def test_predict_extracts_into_the_cache_once(demo_workspace, tmp_path):  # noqa: F811
+    """Features extracted for prediction go into the cache like any other: the second head reuses them."""
+    import shutil
+
+    from stfeat.fitting import fit_report
+
+    data = demo_workspace / "data"
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_workspace / "cache", cache)
+    new = sorted((data / "st").glob("*.h5ad"))[0]
+    fit_report(data, encoder="classical", cache_dir=cache, head=["ridge", "hest-ridge"], genes="hvg:10",
+               out_dir=tmp_path / "out", plots=False)
+    (cache / "classical" / f"{new.stem}.h5").unlink()
+    a = st.predict(tmp_path / "out", new, head="ridge", cache_dir=cache, plot=False)
+    assert a.uns["stfeat"]["features"].startswith("extracted into")
+    assert (cache / "classical" / f"{new.stem}.h5").is_file()
+    b = st.predict(tmp_path / "out", new, head="hest-ridge", cache_dir=cache, plot=False)
+    assert b.uns["stfeat"]["features"].startswith("cache ")
+    assert (a.X >= 0).all() and (b.X >= 0).all()

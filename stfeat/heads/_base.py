@@ -68,9 +68,9 @@ class BaseHead(RegressorMixin, BaseEstimator):
         X = check_array(X, dtype=np.float32, allow_nd=allow_nd, input_name="X")
         d = X.shape[-1]
         if d != self.n_features_in_:
-            raise ValueError(f"X has {d} features per spot but {type(self).__name__} was fitted "
-                             f"with {self.n_features_in_}. Fix: use the same encoder, scales and "
-                             "feature layout as at fit time.")
+            raise ValueError(f"X has {d} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input. Fix: use the same encoder, scales "
+                             "and feature layout as at fit time.")
         return X
 
     def _format_out(self, P: np.ndarray) -> np.ndarray:

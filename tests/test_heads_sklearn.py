@@ -21,20 +21,14 @@ FAST = {
     "knn": {"n_neighbors": 3},
 }
 
-_COMMON = {
-    # stfeat heads compute in float32 (what the caches store and what the GPU wants); scikit-learn's check
-    # compares float32 and float64 inputs at float64 precision
-    "check_estimators_dtypes": "float32 computation by design",
-}
+_COMMON: dict[str, str] = {}
 EXPECTED_FAILURES: dict[str, dict[str, str]] = {
     # HEST-Benchmark's probe fits NO intercept (published protocol, reproduced exactly), so it cannot reach the
     # R^2 scikit-learn's regressor checks expect on uncentred targets
-    "hest-ridge": {"check_regressors_train": "HEST protocol: no intercept",
-                   "check_regressor_data_not_an_array": "HEST protocol: no intercept, LSQR tolerance"},
+    "hest-ridge": {"check_regressors_train": "HEST protocol: no intercept"},
     # early stopping holds out a validation split and trains a few epochs: a generic check's tiny,
     # noise-free data is not learned to its thresholds
     "mlp": {"check_regressors_train": "few epochs with early stopping on tiny data"},
-    "attention": {"check_regressors_train": "few epochs with early stopping on tiny data"},
 }
 
 

@@ -45,6 +45,9 @@ class BaseHead(RegressorMixin, BaseEstimator):
         """Validate training data; remember whether ``Y`` was 1-D. Returns float32 X, float64 2-D Y."""
         from sklearn.utils.validation import check_array
 
+        if Y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None. "
+                             "Fix: pass the expression targets (spots x genes).")
         X = check_array(X, dtype=np.float32, allow_nd=allow_nd, ensure_min_samples=2,
                         input_name="X")
         Y = check_array(Y, dtype=np.float64, ensure_2d=False, input_name="Y")

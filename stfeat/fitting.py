@@ -48,7 +48,8 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     genes, transform, head_params, k_neighbors, neighbor_mean, neighbor_scale, seed
         As in :func:`stfeat.crossval.cross_validate`.
     split
-        Only used for its grouping: the inner (early-stopping, penalty) validation groups.
+        Accepted for symmetry with :func:`cross_validate`; the refit uses every sample, with patients
+        (else sections) as the inner (early-stopping, penalty) validation groups.
     intercept
         Give ``hest-ridge`` an intercept, so predictions are in the target's units (HEST's intercept-free
         protocol is kept for its cross-validated benchmark numbers, where Pearson r does not depend on it;
@@ -59,7 +60,7 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     stfeat.Model
     """
     from stfeat.estimators import fit_estimator, head_name, layout_for, make_estimator, model_inputs
-    from stfeat.evaluate import inner_groups, make_splits
+    from stfeat.evaluate import inner_groups
     from stfeat.model import Model
     from stfeat.targets import GeneRule, check_transform, select_genes
 
@@ -75,12 +76,12 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     if intercept and "fit_intercept" in est.get_params() and "fit_intercept" not in params and hname == "hest-ridge":
         est.set_params(fit_intercept=True)
     sel = select_genes([fs.expression(s) for s in ids], rule)
-    groups_of = {s: (str(fs.samples[s].patient) if fs.samples[s].patient not in (None, "") else s) for s in ids}
-    if len(ids) >= 2:
-        plan = make_splits(ids, [fs.samples[s].patient for s in ids], split)
-        groups_of, split_mode, notes = plan.groups, plan.mode, list(plan.notes)
-    else:
-        split_mode, notes = "none", ["refit on a single sample"]
+    # the grouping make_splits uses (patients; a sample without one is its own group; sections without any)
+    pats = {s: fs.samples[s].patient for s in ids}
+    known = any(p not in (None, "") for p in pats.values())
+    groups_of = {s: (str(p) if p not in (None, "") else (f"?{s}" if known else s)) for s, p in pats.items()}
+    split_mode = "refit on all samples"
+    notes = [] if len(ids) >= 2 else ["refit on a single sample"]
     layout = layout_for(est, fs, k_neighbors=k_neighbors, neighbor_mean=neighbor_mean, neighbor_scale=neighbor_scale)
     Y = np.concatenate([fs.targets(s, sel.genes, transform) for s in ids])
     fit_estimator(est, model_inputs(fs, ids, layout), Y, inner_groups(fs.spot_samples(ids), groups_of))

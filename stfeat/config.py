@@ -378,12 +378,30 @@ def save_resolved_config(ctx: Any, out_dir: str | Path, *, options: Any = None, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESOLVED_CONFIG_NAME
+    _keep_other_commands(path, doc, name)
     tmp = path.with_name(path.name + ".tmp")
     header = (f"# Resolved options of `stfeat {name}` (stfeat {__version__}).\n"
               f"# Rerun with: stfeat --config {path.name} {name}\n")
     tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
     os.replace(tmp, path)
     return path
+
+
+def _keep_other_commands(path: Path, doc: dict, name: str) -> None:
+    """Two commands writing into one folder (fit's out_dir and a prediction saved in it) both stay
+    in its ``resolved_config.yaml``: the sections of the other commands are kept."""
+    import yaml
+
+    try:
+        old = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return
+    if not isinstance(old, dict) or "stfeat_version" not in old:
+        return
+    for other in O.OPTIONS:
+        if other != name and isinstance(old.get(other), dict):
+            doc[other] = old[other]
+            doc["sources"][other] = (old.get("sources") or {}).get(other, {})
 
 
 # ----------------------------------------------------------------------------------- library calls

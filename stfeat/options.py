@@ -244,7 +244,7 @@ def _scalar(name: str, tp: Any, v: Any) -> Any:
             raise OptionError(name, f"{name} takes a number, got {v!r}.", f"give e.g. {name}: 112.") from None
     if tp is Path:
         if not isinstance(v, (str, Path)) or not str(v):
-            raise OptionError(name, f"{name} takes a path, got {v!r}.", f"give the path as a string.")
+            raise OptionError(name, f"{name} takes a path, got {v!r}.", "give the path as a string.")
         return Path(v)
     if tp is str:
         if isinstance(v, (str, int, float)) and not isinstance(v, bool):
@@ -318,7 +318,7 @@ def _check(cls: type, name: str, value: Any) -> None:
     if lo == "positive":
         for v in vals:
             if not v > 0:
-                raise OptionError(name, f"{name} must be positive, got {v!r}.", f"give numbers above 0.")
+                raise OptionError(name, f"{name} must be positive, got {v!r}.", "give numbers above 0.")
     elif lo is not None:
         for v in vals:
             if v < lo:

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 import stfeat.config as C
 from stfeat.cli import app
-from stfeat.config import RESOLVED_CONFIG_NAME, load_config, save_resolved_config, validate
+from stfeat.config import load_config, validate
 from stfeat.errors import InputError
 from stfeat.options import ExtractOptions, FitOptions
+from stfeat.resolved_config import RESOLVED_CONFIG_NAME, save_resolved_config
 from test_demo import demo_workspace  # noqa: F401  (session fixture shared with tests/test_demo.py)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -60,7 +60,7 @@ def demo_cmd(
     generates (3 patients x 2 sections, sample ids SYN-...), so it runs offline with no weights in a
     few minutes on a laptop CPU. Evaluation leaves one patient out at a time.
     """
-    from stfeat.config import save_resolved_config
+    from stfeat.resolved_config import save_resolved_config
     from stfeat.demo import next_steps, quick_mode, run_demo
     from stfeat.synthetic import SYNTHETIC_BANNER
 

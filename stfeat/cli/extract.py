@@ -45,7 +45,8 @@ def extract_cmd(
     One file per sample: {cache-dir}/{encoder}/{sample}.h5, with a spatial neighbour graph.
     Complete files are skipped, interrupted ones resumed. Prints one line per sample.
     """
-    from stfeat.config import call, save_resolved_config
+    from stfeat.config import call
+    from stfeat.resolved_config import save_resolved_config
     from stfeat.options import default_cache_dir
 
     setup_logging(verbose)

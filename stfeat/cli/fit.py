@@ -54,7 +54,8 @@ def fit_cmd(
     Writes metrics (JSON, CSV, per-gene CSV), a comparison table (encoder x head, mean Pearson r per
     held-out sample), predictions (h5ad), the fitted models and plots into --out-dir.
     """
-    from stfeat.config import call, fit_summary, save_resolved_config
+    from stfeat.config import call, fit_summary
+    from stfeat.resolved_config import save_resolved_config
 
     setup_logging(verbose)
     opts = build_options(FitOptions, ctx.params)

@@ -38,7 +38,8 @@ def predict_cmd(
 ) -> None:
     """Predict expression for a sample's spots (features from the cache, else extracted), or on a
     dense --grid-um over its tissue; writes an AnnData (X = predicted, layers measured/predicted)."""
-    from stfeat.config import call, predict_out, save_resolved_config
+    from stfeat.config import call, predict_out
+    from stfeat.resolved_config import save_resolved_config
 
     setup_logging(verbose)
     opts = build_options(PredictOptions, ctx.params)

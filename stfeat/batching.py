@@ -1,6 +1,6 @@
 """Crops -> encoder -> features: crop decoding in DataLoader workers, batching, the device loop.
 
-The inference machinery under :func:`stfeat.extract.extract` (which adds the cache planning, the
+The inference machinery under :func:`stfeat.extraction.extract` (which adds the cache planning, the
 writer thread and the encoder identity) and :func:`extract_points` (features at arbitrary points,
 e.g. the dense grids of ``predict --grid``)::
 
@@ -8,7 +8,7 @@ e.g. the dense grids of ``predict --grid``)::
     main thread:        chunks reassembled into fixed blocks -> pinned uint8 -> device (non-blocking)
                         -> Encoder (normalise on device, autocast) -> float32 (b, S, d)
 
-Its public names are re-exported by :mod:`stfeat.extract`.
+Its public names are re-exported by :mod:`stfeat.extraction`.
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None)
     Parameters
     ----------
     path
-        A ``.h5`` file written by :func:`stfeat.extract.extract` or :func:`write_cache`.
+        A ``.h5`` file written by :func:`stfeat.extraction.extract` or :func:`write_cache`.
     scales
         Fields of view to read (micrometres or names); default all.
 

@@ -302,24 +302,18 @@ def apply_config(ctx: Any, path: str | Path) -> Config:
 # ----------------------------------------------------------------------------------- library calls
 
 
-# ADAPTER: remove after issue-9 merge. Today `stfeat.extract.extract` returns the cache paths and
-# `stfeat.fit.fit` takes heads=/scales=; after the merge call `extract_caches(*args, **kw)` and
-# `fit_report(*args, **kw)` with the options' names unchanged.
 def call(command: str, opts: Any, **extra: Any) -> Any:
     """Run the library function of ``command`` with an options object (+ programmatic ``extra``
     keywords such as ``on_sample``). The CLI commands and :func:`run` both go through here."""
-    args, kw = O.positional_args(opts), {**O.library_kwargs(opts), **extra}
     if command == "extract":
-        from stfeat.extract import extract as fn
+        from stfeat.extraction import extract_caches as fn
     elif command == "fit":
-        from stfeat.fit import fit as fn
-
-        kw["heads"], kw["scales"] = kw.pop("head"), kw.pop("scales_um")
+        from stfeat.fitting import fit_report as fn
     elif command == "predict":
-        from stfeat.predict import predict as fn
+        from stfeat.prediction import predict as fn
     else:
         raise KeyError(command)
-    return fn(*args, **kw)
+    return fn(*O.positional_args(opts), **O.library_kwargs(opts), **extra)
 
 
 def predict_out(opts: Any) -> Path:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -87,6 +87,9 @@ class SampleFeatures:
     neighbor_dist_um: np.ndarray | None = None
     source: Path | None = None
     attrs: dict = field(default_factory=dict)
+    #: the sample's counts (:class:`stfeat.targets.Expression`) and its :class:`stfeat.io.Sample`, when loaded
+    expression: Any = None
+    sample: Any = None
 
     @property
     def n_spots(self) -> int:
@@ -163,7 +166,7 @@ class SampleFeatures:
             sample_id=self.sample_id, patient=self.patient, barcodes=barcodes, coords_px=self.coords_px[order],
             um_per_px=self.um_per_px, features={k: v[order] for k, v in self.features.items()}, neighbors=nb,
             neighbor_dist_um=None if self.neighbor_dist_um is None else self.neighbor_dist_um[order],
-            source=self.source, attrs=self.attrs)
+            source=self.source, attrs=self.attrs, expression=self.expression, sample=self.sample)
 
     def neighbor_graph(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(idx, dist_um) of the k nearest other spots: the cached graph if it has k, else recomputed."""
@@ -190,7 +193,12 @@ class FeatureSet:
         Scale names to use, in order (default: those of the first sample, ascending).
     """
 
-    def __init__(self, samples: Sequence[SampleFeatures], scales: Sequence[str | float] | None = None) -> None:
+    def __init__(self, samples: Sequence[SampleFeatures], scales: Sequence[str | float] | None = None, *,
+                 encoder: str | None = None, cache_dir: str | Path | None = None, source: str | None = None) -> None:
+        self.encoder = encoder
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.source = source  # the path the samples came from, quoted in hints
+        self._targets: dict[tuple, np.ndarray] = {}
         if not samples:
             raise ValueError("FeatureSet needs at least one sample")
         self.samples = {s.sample_id: s for s in samples}
@@ -222,6 +230,75 @@ class FeatureSet:
             sf = SampleFeatures.from_cache(path, scales=scales, patient=patient, sample_id=sid)
             out.append(sf.aligned_to(barcodes, sample_path=spath))
         return cls(out, scales=scales)
+
+    @classmethod
+    def load(cls, samples: Any, *, encoder: str, cache_dir: str | Path,
+             scales_um: Sequence[float | str] | None = None) -> "FeatureSet":
+        """The cached features of ``samples`` for ``encoder``, with their counts for stage two.
+
+        ``samples`` is anything :func:`stfeat.io.as_samples` takes. A missing cache is an InputError
+        naming the ``stfeat extract`` command to run.
+        """
+        import os
+
+        from stfeat.io import as_samples
+        from stfeat.targets import Expression
+
+        source = str(samples) if isinstance(samples, (str, os.PathLike)) else None
+        loaded = as_samples(samples)
+        paths = {s.sample_id: cache_file(cache_dir, encoder, s.sample_id) for s in loaded}
+        missing = [s for s in loaded if not paths[s.sample_id].exists()]
+        if missing:
+            target = source or " ".join(str(s.meta.get("source_path", "")) for s in missing) or "SAMPLES"
+            sc = "" if not scales_um else " --scales-um " + ",".join(f"{float(x):g}" for x in scales_um)
+            raise InputError(paths[missing[0].sample_id], f"no feature cache for encoder {encoder!r} and sample(s) "
+                             f"{[s.sample_id for s in missing]} in {cache_dir}.",
+                             f"run `stfeat extract {target} --encoder {encoder} --cache-dir {cache_dir}{sc}` first.")
+        out = []
+        for s in loaded:
+            sf = SampleFeatures.from_cache(paths[s.sample_id], scales=scales_um, patient=s.patient,
+                                           sample_id=s.sample_id)
+            sf = sf.aligned_to(s.barcodes, sample_path=s.meta.get("source_path"))
+            sf.expression, sf.sample = Expression.from_sample(s), s
+            out.append(sf)
+        return cls(out, scales=scales_um, encoder=encoder, cache_dir=cache_dir, source=source)
+
+    def subset(self, ids: Sequence[str]) -> "FeatureSet":
+        """The same features for some of the samples (e.g. one patient)."""
+        return FeatureSet([self.samples[s] for s in ids], scales=self.scales, encoder=self.encoder,
+                          cache_dir=self.cache_dir, source=self.source)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        n = sum(s.n_spots for s in self.samples.values())
+        return (f"FeatureSet(encoder={self.encoder!r}, {len(self)} samples, {n} spots, scales_um={self.scales}, "
+                f"dim={self.dim}, grouped by {self.group_kind})")
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """What identifies these features: encoder, weights, config hash, scales (from the first cache)."""
+        attrs = self.samples[self.sample_ids[0]].attrs
+        return {"encoder": str(self.encoder or attrs.get("encoder", "")),
+                "weights_id": str(attrs.get("weights_id", "")),
+                "encoder_config_hash": str(attrs.get("config_hash", "")), "scales_um": ",".join(self.scales)}
+
+    def expression(self, sample_id: str) -> Any:
+        e = self.samples[sample_id].expression
+        if e is None:
+            raise InputError(self.samples[sample_id].source, f"sample {sample_id} was loaded without its counts.",
+                             "build the FeatureSet with FeatureSet.load(samples, ...) or st.extract(...).")
+        return e
+
+    def targets(self, sample_id: str, genes: Sequence[str], transform: str = "log1p_cp10k") -> np.ndarray:
+        """Target matrix (spots x genes) of one sample under ``transform`` (memoised)."""
+        from stfeat.targets import target_matrix
+
+        key = (sample_id, tuple(genes), transform)
+        if key not in self._targets:
+            self._targets[key] = target_matrix(self.expression(sample_id), genes, transform)
+        return self._targets[key]
 
     # ------------------------------------------------------------------------------ bookkeeping
     @property

@@ -53,7 +53,7 @@ def _opt(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any
 
 @dataclass(kw_only=True)
 class ExtractOptions:
-    """``stfeat extract`` / :func:`stfeat.extract.extract_caches`."""
+    """``stfeat extract`` / :func:`stfeat.extraction.extract_caches`."""
 
     samples: Path = _opt(help="A sample folder, a folder of samples, or a manifest (.csv/.yaml).",
                          positional=True, path=True, exists=True)
@@ -81,7 +81,7 @@ class ExtractOptions:
 
 @dataclass(kw_only=True)
 class FitOptions:
-    """``stfeat fit`` / :func:`stfeat.fit.fit_report`."""
+    """``stfeat fit`` / :func:`stfeat.fitting.fit_report`."""
 
     samples: Path = _opt(help="A sample folder, a folder of samples, or a manifest (.csv/.yaml).",
                          positional=True, path=True, exists=True)
@@ -112,7 +112,7 @@ class FitOptions:
 
 @dataclass(kw_only=True)
 class PredictOptions:
-    """``stfeat predict`` / :func:`stfeat.predict.predict`."""
+    """``stfeat predict`` / :func:`stfeat.prediction.predict`."""
 
     model_dir: Path = _opt(help="The --out-dir folder of `stfeat fit`, or one of its models/ENCODER__HEAD folders.",
                            positional=True, path=True)
@@ -131,6 +131,8 @@ class PredictOptions:
     device: Optional[str] = _opt(None, "cpu, cuda or cuda:N for extraction.")
     batch_size: Optional[int] = _opt(None, "Points per extraction batch.", min=1)
     plot: bool = _opt(True, "Write a PNG map beside the .h5ad.")
+    allow_pickle: bool = _opt(False, "Load a head saved with pickle (a custom estimator): only for models you "
+                              "trust.")
     verbose: bool = _opt(False, "Debug logging, and tracebacks of internal errors.", cli_only=True)
 
 

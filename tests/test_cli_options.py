@@ -46,14 +46,14 @@ def test_library_keywords_are_the_fields():
     """Positional and CLI-only fields aside, the schema's names are the library function's keywords."""
     import inspect
 
-    from stfeat.predict import predict
+    from stfeat.prediction import predict
 
-    from stfeat.extract import extract
+    from stfeat.extraction import extract_caches
 
     kw = set(O.library_kwargs(O.PredictOptions(model_dir="m", sample="s")))
     assert kw <= set(inspect.signature(predict).parameters)
     kw = set(O.library_kwargs(O.ExtractOptions(samples="d", encoder="uni")))
-    assert kw <= set(inspect.signature(extract).parameters)
+    assert kw <= set(inspect.signature(extract_caches).parameters)
     from stfeat import config as C
 
     assert set(inspect.signature(C.run).parameters) >= {n for n in O.fields_of(O.RunOptions)} - {"verbose"}
@@ -73,10 +73,7 @@ def test_old_spellings_are_gone():
 def test_fit_report_keywords_are_the_fields():
     import inspect
 
-    import stfeat.fit
+    from stfeat.fitting import fit_report
 
-    fit_report = getattr(stfeat.fit, "fit_report", None)
-    if fit_report is None:
-        pytest.skip("stfeat.fit.fit_report arrives with the issue-9 refactor (today: the adapter in stfeat.config)")
     kw = set(O.library_kwargs(O.FitOptions(samples="d", encoder=["uni"])))
-    assert kw <= set(inspect.signature(fit_report).parameters)
+    assert kw == set(inspect.signature(fit_report).parameters) - {"samples"}

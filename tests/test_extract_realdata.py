@@ -29,7 +29,7 @@ def c2_subset(her2st):
 
 def test_real_encoder_on_a_her2st_section(c2_subset, shared_weights, tmp_path):
     """EfficientNet-Lite0 (real weights; DenseNet-121 is 7x the compute on CPU) on a patch of C2."""
-    from stfeat.extract import extract
+    from stfeat.extraction import extract_caches as extract
 
     weights = shared_weights / "tf_efficientnet_lite0.in1k.safetensors"
     (path,) = extract([c2_subset], encoder="efficientnet-lite0", weights=weights, cache_dir=tmp_path,

@@ -1,4 +1,4 @@
-"""``stfeat predict``: apply a fitted model to a sample (a thin layer over :func:`stfeat.predict.predict`).
+"""``stfeat predict``: apply a fitted model to a sample (a thin layer over :func:`stfeat.prediction.predict`).
 
 Its parameters are the fields of :class:`stfeat.options.PredictOptions` (checked by a test).
 """
@@ -34,6 +34,7 @@ def predict_cmd(
     device: Annotated[Optional[str], typer.Option("--device", help=_h("device"))] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=_h("batch_size"))] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help=_h("plot"))] = True,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle/--no-allow-pickle", help=_h("allow_pickle"))] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_h("verbose"))] = False,
 ) -> None:
     """Predict expression for a sample's spots (features from the cache, else extracted), or on a

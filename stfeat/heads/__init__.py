@@ -51,5 +51,12 @@ def make_head(name: str, **params) -> BaseHead:
     return cls(**params)
 
 
-__all__ = ["HEADS", "make_head", "save_head", "load_head", "BaseHead", "HestRidge", "RidgeCVHead",
+# Short public names for notebooks (``st.heads.RidgeCV()``): the same classes as above.
+RidgeCV = RidgeCVHead
+LGBM = LGBMHead
+MLP = MLPHead
+Attention = AttentionHead
+KNN = KNNHead
+
+__all__ = ["RidgeCV", "LGBM", "MLP", "Attention", "KNN", "HEADS", "make_head", "save_head", "load_head", "BaseHead", "HestRidge", "RidgeCVHead",
            "LGBMHead", "MLPHead", "AttentionHead", "KNNHead"]

@@ -123,8 +123,14 @@ def _heldout_ridge_impl(own, Y, alpha, splits, ssyrk, cho_factor, cho_solve):
         Gf = dsyr(-float(nf), mx, a=Gf, lower=0, overwrite_a=True)
         Gf.flat[::D + 1] += alpha
         Cf = XY - (Xp.T @ Y32[pred_idx]).astype(np.float64) - nf * np.outer(mx, my)
-        W = cho_solve(cho_factor(Gf, lower=False, overwrite_a=True, check_finite=False), Cf,
-                      check_finite=False)
+        try:
+            W = cho_solve(cho_factor(Gf, lower=False, overwrite_a=True, check_finite=False), Cf,
+                          check_finite=False)
+        except np.linalg.LinAlgError:  # the float32 downdate lost definiteness (tiny alpha, few spots)
+            Xf = Xc[fit_idx].astype(np.float64) - mx
+            Gx = Xf.T @ Xf
+            Gx.flat[::D + 1] += alpha
+            W = np.linalg.lstsq(Gx, Xf.T @ (Y[fit_idx] - my), rcond=None)[0]
         out[pred_idx] = (Xp - mx.astype(np.float32)) @ W.astype(np.float32) + my
     return out
 
@@ -222,7 +228,9 @@ class AttentionHead(BaseHead):
 
     # ------------------------------------------------------------------ input handling
     def _tokens(self, X, rel_pos, token_type, token_mask, fitting: bool):
-        X = np.asarray(X, dtype=np.float32)
+        from sklearn.utils.validation import check_array
+
+        X = check_array(X, dtype=np.float32, allow_nd=True, ensure_all_finite=False, input_name="X")
         if X.ndim == 2:
             X = X[:, None, :]
         if X.ndim != 3:
@@ -233,6 +241,9 @@ class AttentionHead(BaseHead):
         if mask.shape != (n, T):
             raise ValueError(f"token_mask must be (n, T) = {(n, T)}; got {mask.shape}.")
         mask &= ~nan_tok
+        if np.isinf(X).any() or np.isnan(X[mask]).any():
+            raise ValueError("Input X contains NaN or infinity inside a token. Fix: a missing token must be NaN "
+                             "in all its features (or masked with token_mask); re-extract features that hold NaN.")
         if not mask[:, 0].all():
             raise ValueError("token 0 (the spot itself) is missing or NaN for some spots. Fix: "
                              "put each spot's own features first and drop spots without features.")
@@ -281,6 +292,9 @@ class AttentionHead(BaseHead):
 
         if self.baseline not in ("ridge", None):
             raise ValueError(f"baseline must be 'ridge' or None; got {self.baseline!r}.")
+        if Y is None:
+            raise ValueError("AttentionHead requires y to be passed, but the target y is None. Fix: pass the "
+                             "expression targets (spots x genes).")
         X, rel, types, mask = self._tokens(X, rel_pos, token_type, token_mask, fitting=True)
         Y = np.asarray(Y, dtype=np.float64)
         self._check_xy(X[:, 0], Y)  # n_features_in_, n_outputs_, 1-D handling
@@ -389,8 +403,8 @@ class AttentionHead(BaseHead):
         check_is_fitted(self, "module_")
         X, rel, types, mask = self._tokens(X, rel_pos, token_type, token_mask, fitting=False)
         if X.shape[2] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[2]} features per token but the head was fitted with "
-                             f"{self.n_features_in_}. Fix: use the same encoder as at fit.")
+            raise ValueError(f"X has {X.shape[2]} features, but AttentionHead is expecting "
+                             f"{self.n_features_in_} features as input. Fix: use the same encoder as at fit.")
         base = np.zeros((len(X), self.n_outputs_)) if self.baseline_ is None else \
             (self.baseline_.predict(self._own(X)).reshape(len(X), -1) - self.y_mean_) / self.y_scale_
         typest = torch.from_numpy(self.token_type_)

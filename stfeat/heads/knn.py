@@ -87,6 +87,7 @@ class KNNHead(BaseHead):
         self.index_features_ = self._embed(X)
         self.Y_train_ = Y.astype(np.float32)
         self._index = None
+        self._get_index()  # built now, so predict never changes the estimator's state
         return self
 
     def _get_index(self):

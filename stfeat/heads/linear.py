@@ -535,7 +535,9 @@ class RidgeCVHead(BaseHead):
     def predict(self, X) -> np.ndarray:
         """Predict (n, g) from features (n, d)."""
         X = self._check_x(X)
-        P = X @ self.coef_.T.astype(np.float32) + self.intercept_
+        # float64: a float32 GEMM's rounding depends on where a row falls in the BLAS blocks, so the same
+        # spot would get (slightly) different predictions in a different batch
+        P = X.astype(np.float64) @ np.ascontiguousarray(self.coef_, np.float64).T + self.intercept_
         return self._format_out(P)
 
     def _get_state(self):

@@ -12,7 +12,7 @@ from stfeat.errors import InputError
 from stfeat.io import anndata_reader as A
 from stfeat.io import legacy_st as L
 from stfeat.io import spaceranger as S
-from stfeat.io.read import detect_format, read_sample
+from stfeat.io.detect import detect_format, read_sample
 from stfeat.io.sample import Sample
 
 log = logging.getLogger(__name__)

@@ -213,30 +213,6 @@ def _parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
     return i, n
 
 
-class _SampleAsRef:
-    """Wrap an already loaded Sample so it flows through the same code as a SampleRef."""
-
-    def __init__(self, sample: Any) -> None:
-        self.sample = sample
-        self.sample_id = sample.sample_id
-        self.patient = sample.patient
-
-    def load(self) -> Any:
-        return self.sample
-
-
-def _as_refs(samples: Any, um_per_px: float | None) -> list[Any]:
-    if isinstance(samples, (str, Path)):
-        from stfeat.io import resolve_samples
-
-        kw = {"um_per_px": um_per_px} if um_per_px is not None else {}
-        return list(resolve_samples(samples, **kw))
-    refs = []
-    for s in samples:
-        refs.append(_SampleAsRef(s) if hasattr(s, "adata") and hasattr(s, "slide") else s)
-    return refs
-
-
 @dataclass
 class _Plan:
     action: str  # "skip" | "new" | "resume" | "update"
@@ -426,7 +402,7 @@ def _load_sample(ref: Any) -> Any:
 
 
 # ---------------------------------------------------------------- the public entry point
-def extract(
+def extract_caches(
     samples: Any,
     *,
     encoder: "str | Encoder",
@@ -446,7 +422,7 @@ def extract(
     on_sample: Callable[[SampleResult], None] | None = None,
     callback: Callable[[str, int, int], None] | None = None,
 ) -> list[Path]:
-    """Extract multi-scale features of every spot of every sample into the feature cache.
+    """Extract multi-scale features of every spot of every sample into the feature cache (``stfeat extract``).
 
     Parameters
     ----------
@@ -511,7 +487,9 @@ def extract(
     if k_neighbors < 0:
         raise InputError(None, f"k_neighbors must be >= 0, got {k_neighbors}.", "give 0 (none) or more.")
     root = Path(cache_dir if cache_dir is not None else os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
-    refs = _as_refs(samples, um_per_px)
+    from stfeat.io import as_samples
+
+    refs = as_samples(samples, lazy=True, um_per_px=um_per_px)
     rank, world = _parse_shard(shard)
     refs = refs[rank::world]
     ident = encoder_identity(encoder, weights=weights, pretrained=pretrained)
@@ -568,5 +546,30 @@ def extract(
     return finals
 
 
-__all__ = ["extract", "extract_points", "iter_features", "encoder_identity", "SampleResult", "CropDataset",
+def extract(samples: Any, *, encoder: "str | Encoder", cache_dir: str | Path | None = None,
+            scales_um: Sequence[float] = DEFAULT_SCALES_UM, **kwargs: Any):
+    """Extract (or reuse) the cached features of ``samples`` and return them as a FeatureSet.
+
+    ``st.extract(st.read("runs/"), encoder="uni", scales_um=(112, 224, 448), cache_dir="cache")``. The keyword
+    arguments are those of :func:`extract_caches`; finished cache files are reused, interrupted ones resumed.
+    With a shard (or under torchrun) the FeatureSet holds this rank's samples.
+
+    Returns
+    -------
+    stfeat.features.FeatureSet
+        Features at ``scales_um``, spot coordinates, neighbours, counts and provenance of every sample.
+    """
+    from stfeat.features import FeatureSet
+    from stfeat.io import as_samples
+
+    root = Path(cache_dir if cache_dir is not None else os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
+    loaded = as_samples(samples, um_per_px=kwargs.get("um_per_px"))
+    paths = extract_caches(loaded, encoder=encoder, cache_dir=root, scales_um=scales_um, **kwargs)
+    ident = encoder_identity(encoder, weights=kwargs.get("weights"), pretrained=kwargs.get("pretrained", True))
+    mine = {p.name for p in paths}
+    kept = [s for s in loaded if C.cache_path(root, ident.tag, s.sample_id).name in mine]
+    return FeatureSet.load(kept, encoder=ident.name, cache_dir=root, scales_um=sorted({float(s) for s in scales_um}))
+
+
+__all__ = ["extract", "extract_caches", "extract_points", "iter_features", "encoder_identity", "SampleResult", "CropDataset",
            "auto_batch_size", "default_num_workers", "DEFAULT_SCALES_UM", "CPU_BATCH_SIZE"]

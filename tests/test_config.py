@@ -255,7 +255,7 @@ def test_config_run_on_the_synthetic_demo(demo_workspace, tmp_path):  # noqa: F8
     assert pred.options.model_dir == out and pred.options.cache_dir == tmp_path / "stfeat_demo" / "cache"
     model = json.loads((out / "models" / "classical__ridge" / "model.json").read_text())
     assert list(pred.result.var_names) == model["genes"] and len(model["genes"]) == 50
-    assert (out / "SYN-P1-S1_grid.h5ad").is_file() and pred.result.n_obs > 0
+    assert (tmp_path / "runs" / "synthetic_grid" / "SYN-P1-S1_grid.h5ad").is_file() and pred.result.n_obs > 0
     resolved = yaml.safe_load((out / RESOLVED_CONFIG_NAME).read_text())
     assert resolved["config_file"] == str(cfg.resolve())
     assert resolved["sources"]["fit"]["neighbor_mean"] == "config" and resolved["sources"]["fit"]["seed"] == "default"
@@ -263,6 +263,9 @@ def test_config_run_on_the_synthetic_demo(demo_workspace, tmp_path):  # noqa: F8
     # The lines echoed are the equivalent commands, spelled with the option names.
     assert any(line.startswith("[2/3] stfeat fit ") and "--neighbor-mean" in line and "--out-dir" in line
                for line in lines)
+    # Rerunning the config refits into the same folder (the prediction lives outside it).
+    (again,) = C.run(cfg, steps=["fit"], echo=None)
+    assert again.result.comparison.equals(comp)
 
 
 @pytest.mark.realdata

@@ -220,7 +220,7 @@ def next_steps(result: DemoResult) -> list[str]:
         "stfeat encoders                                  # the encoder registry (licenses, gated access)",
         "stfeat extract PATH --encoder uni --cache-dir cache   # PATH: Space Ranger outs/, HEST-1k root, "
         "legacy ST folder or manifest.csv",
-        "stfeat fit PATH --encoder uni --cache-dir cache --head hest-ridge,lgbm --out runs/uni",
+        "stfeat fit PATH --encoder uni --cache-dir cache --head hest-ridge,lgbm --out-dir runs/uni",
         "stfeat run configs/hest_benchmark.yaml           # the HEST-Benchmark protocol from one config",
         f"stfeat demo --data PATH --out {result.out_dir.name}_mine   # this demo on your own data",
     ]

@@ -205,11 +205,11 @@ def _parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
             i_s, n_s = shard.split("/")
             i, n = int(i_s), int(n_s)
         except ValueError:
-            raise ValueError(f"shard must look like 'i/n' (0-based, e.g. 0/4), got {shard!r}") from None
+            raise InputError(None, f"shard must look like 'i/n' (0-based), got {shard!r}.", "give e.g. 0/4.") from None
     else:
         i, n = shard
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"shard {i}/{n} is out of range: i is 0-based, 0 <= i < n (e.g. 0/4 .. 3/4)")
+        raise InputError(None, f"shard {i}/{n} is out of range: i is 0-based, 0 <= i < n.", "give e.g. 0/4 .. 3/4.")
     return i, n
 
 
@@ -483,9 +483,9 @@ def extract_caches(
     dt = C._np_dtype(dtype)
     scales = sorted({float(s) for s in scales_um})
     if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales_um must be positive micrometres, got {list(scales_um)}")
+        raise InputError(None, f"scales_um must be positive micrometres, got {list(scales_um)}.", "give e.g. 112, 224.")
     if k_neighbors < 0:
-        raise ValueError(f"k_neighbors must be >= 0, got {k_neighbors}")
+        raise InputError(None, f"k_neighbors must be >= 0, got {k_neighbors}.", "give 0 (none) or more.")
     root = Path(cache_dir if cache_dir is not None else os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
     from stfeat.io import as_samples
 

@@ -104,7 +104,7 @@ def test_demo_on_user_data_and_bad_data(tmp_path):
                                 size_um=(500.0, 500.0), seed=5)
     out = tmp_path / "demo_mine"
     r = CliRunner().invoke(app, ["demo", "--data", str(ds.manifest), "--out", str(out), "--head", "ridge",
-                                 "--scales", "112", "--genes", "hvg:20"])
+                                 "--scales-um", "112", "--genes", "hvg:20"])
     assert r.exit_code == 0, r.output
     assert "SYNTHETIC DATA" not in r.output.split("[1/4]")[0]  # no banner for user data
     assert f"[1/4] your data: {ds.manifest}" in r.output and "on your data" in r.output
@@ -115,5 +115,5 @@ def test_demo_on_user_data_and_bad_data(tmp_path):
     bad = CliRunner().invoke(app, ["demo", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1
     assert "nowhere" in bad.output and "Traceback" not in bad.output
-    bad = CliRunner().invoke(app, ["demo", "--scales", "112,big", "--out", str(tmp_path / "y")])
-    assert bad.exit_code == 2 and "--scales" in bad.output
+    bad = CliRunner().invoke(app, ["demo", "--scales-um", "112,big", "--out", str(tmp_path / "y")])
+    assert bad.exit_code == 2 and "--scales-um" in bad.output

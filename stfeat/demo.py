@@ -1,6 +1,6 @@
 """``stfeat demo``: the whole pipeline end to end, offline, in a few minutes on a laptop CPU.
 
-Without data it generates the synthetic dataset (:mod:`stfeat.synthetic`: 3 patients x 2 sections,
+Without data it generates the synthetic dataset (:mod:`stfeat.datasets`: 3 patients x 2 sections,
 labelled ``SYN-...``), extracts features with the no-weights ``classical`` encoder at three fields
 of view, fits a few heads with a patient-grouped split, and writes metrics, plots and predictions.
 With ``data=`` it runs the same steps on the user's own sample, folder or manifest.
@@ -125,7 +125,7 @@ def run_demo(
     """
     from stfeat.extract import extract
     from stfeat.fit import fit
-    from stfeat.synthetic import SYNTHETIC_BANNER, make_synthetic_dataset
+    from stfeat.datasets import SYNTHETIC_BANNER, make_synthetic_dataset
 
     say = on_step or (lambda msg: log.info("%s", msg))
     quick = quick_mode() if quick is None else bool(quick)

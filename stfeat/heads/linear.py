@@ -78,6 +78,9 @@ class HestRidge(BaseHead):
         Seed of PCA (randomized solver) and Ridge (HEST ``seed``, default 1).
     backend
         ``"stfeat"`` (default) or ``"sklearn"``: how the same protocol is computed (above).
+    n_jobs
+        BLAS threads (scikit-learn's convention); ``None`` = ``$STFEAT_CPU_THREADS`` or the
+        cores of the process's CPU affinity (:func:`stfeat.heads._cpu.resolve_n_jobs`).
 
     Attributes
     ----------
@@ -101,7 +104,8 @@ class HestRidge(BaseHead):
 
     def __init__(self, n_components: int | None = 256, alpha: float | None = None, *,
                  fit_intercept: bool = False, solver: str = "lsqr", max_iter: int = 1000,
-                 svd_solver: str = "auto", random_state: int | None = 1, backend: str = "stfeat"):
+                 svd_solver: str = "auto", random_state: int | None = 1, backend: str = "stfeat",
+                 n_jobs: int | None = None):
         self.n_components = n_components
         self.alpha = alpha
         self.fit_intercept = fit_intercept
@@ -110,6 +114,7 @@ class HestRidge(BaseHead):
         self.svd_solver = svd_solver
         self.random_state = random_state
         self.backend = backend
+        self.n_jobs = n_jobs
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         if self.components_ is None:
@@ -123,11 +128,13 @@ class HestRidge(BaseHead):
 
     def fit(self, X, Y) -> "HestRidge":
         """Fit scaler and PCA on ``X`` (n, d), then the ridge on the PCA scores to ``Y`` (n, g)."""
-        if self.backend == "sklearn":  # HEST's code path, BLAS threads as scikit-learn sets them
-            return self._fit(X, Y)
-        from stfeat.heads._cpu import blas_threads
+        from stfeat.heads._cpu import blas_threads, resolve_n_jobs, torch_threads
 
-        with blas_threads():  # the cores free now; OpenBLAS's threads stall on busy ones
+        if self.backend == "sklearn":
+            with blas_threads(self.n_jobs):
+                return self._fit(X, Y)
+        # the Gram-matrix PCA multiplies with torch, whose threads threadpoolctl does not reach
+        with blas_threads(self.n_jobs), torch_threads(resolve_n_jobs(self.n_jobs)):
             return self._fit(X, Y)
 
     def _fit(self, X, Y) -> "HestRidge":
@@ -292,6 +299,9 @@ class RidgeCVHead(BaseHead):
         Scale features to unit variance before the penalty (centring is always done).
     random_state
         Seed of the shuffled k-fold (only used when ``cv`` is an int and no groups are given).
+    n_jobs
+        BLAS and torch CPU threads (scikit-learn's convention); ``None`` = ``$STFEAT_CPU_THREADS``
+        or the cores of the process's CPU affinity (:func:`stfeat.heads._cpu.resolve_n_jobs`).
 
     Attributes
     ----------
@@ -309,12 +319,13 @@ class RidgeCVHead(BaseHead):
     _fitted_attr = "coef_"
 
     def __init__(self, alphas=None, *, alpha_per_target: bool = False, cv: int | str | None = "auto",
-                 standardize: bool = True, random_state: int | None = 0):
+                 standardize: bool = True, random_state: int | None = 0, n_jobs: int | None = None):
         self.alphas = alphas
         self.alpha_per_target = alpha_per_target
         self.cv = cv
         self.standardize = standardize
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     # -- linear algebra helpers ----------------------------------------------------------------
     @staticmethod
@@ -350,9 +361,11 @@ class RidgeCVHead(BaseHead):
 
     def fit(self, X, Y, groups=None) -> "RidgeCVHead":
         """Fit to features ``X`` (n, d) and targets ``Y`` (n, g); ``groups`` (n,) for grouped CV."""
-        from stfeat.heads._cpu import blas_threads
+        from stfeat.heads._cpu import blas_threads, resolve_n_jobs, torch_threads
 
-        with blas_threads():  # the cores free now; OpenBLAS's threads stall on busy ones
+        # torch's matrix products run on its own (MKL/OpenMP) threads, which threadpoolctl
+        # does not reach
+        with blas_threads(self.n_jobs), torch_threads(resolve_n_jobs(self.n_jobs)):
             return self._fit(X, Y, groups)
 
     def _fit(self, X, Y, groups=None) -> "RidgeCVHead":

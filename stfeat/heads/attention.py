@@ -277,7 +277,7 @@ class AttentionHead(BaseHead):
         from stfeat.heads._torch import (pearson_loss, cpu_threads, resolve_device, seeded,
                                          torch_seed,
                                          train_early_stopping)
-        from stfeat.heads.linear import RidgeCVHead
+        from stfeat.heads.ridge import RidgeCVHead
 
         if self.baseline not in ("ridge", None):
             raise ValueError(f"baseline must be 'ridge' or None; got {self.baseline!r}.")
@@ -427,7 +427,7 @@ class AttentionHead(BaseHead):
 
     def _set_state(self, meta, arrays, texts):
         from stfeat.heads._torch import arrays_to_state
-        from stfeat.heads.linear import RidgeCVHead
+        from stfeat.heads.ridge import RidgeCVHead
 
         self._set_base_meta(meta)
         self.n_own_ = int(meta["n_own_"])

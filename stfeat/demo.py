@@ -174,13 +174,9 @@ def run_demo(
 
 
 def _predict_one(result: DemoResult, res: Any, say: Callable[[str], None]) -> Path | None:
-    """Predict the first sample with the first head's refit model, if stage-two predict exists."""
-    try:
-        from stfeat.predict import predict
-    except ImportError:  # predict lands separately; the demo still completes without it
-        result.notes.append("stfeat.predict is not available: skipped the prediction step")
-        return None
+    """Predict the first sample with the first head's refit model."""
     from stfeat.io import resolve_samples
+    from stfeat.predict import predict
 
     model_dirs = getattr(res, "model_dirs", {}) or {}
     if not model_dirs:

@@ -1,11 +1,11 @@
-"""Neighbour graphs (spatial: scipy cKDTree; features: FAISS) against brute-force numpy."""
+"""The spatial neighbour graph (scipy cKDTree) against brute-force numpy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from stfeat.neighbors import feature_neighbors, spatial_neighbors
+from stfeat.neighbors import spatial_neighbors
 
 
 def _brute(c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,21 +60,6 @@ def test_bad_input_is_rejected():
         spatial_neighbors(np.array([[0.0, np.nan], [1.0, 1.0]]), 1)
     with pytest.raises(ValueError, match="k must be"):
         spatial_neighbors(np.zeros((5, 2)), 0)
-
-
-def test_feature_neighbors_cosine_and_l2():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(80, 12)).astype(np.float32)
-    idx, sim = feature_neighbors(x, 5)
-    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    s = xn @ xn.T
-    np.fill_diagonal(s, -np.inf)
-    np.testing.assert_array_equal(idx, np.argsort(-s, axis=1)[:, :5])
-    np.testing.assert_allclose(sim, np.sort(s, axis=1)[:, ::-1][:, :5], atol=1e-5)
-    idx2, d2 = feature_neighbors(x, 3, metric="l2")
-    bi, bd = _brute(x.astype(np.float64), 3)
-    np.testing.assert_array_equal(idx2, bi)
-    np.testing.assert_allclose(d2, bd, rtol=1e-4)
 
 
 @pytest.mark.parametrize("layout", ["uniform", "clusters", "hex", "line", "rings"])

@@ -320,17 +320,5 @@ def remove_synthetic_dataset(root: str | Path) -> None:
     shutil.rmtree(root)
 
 
-__all__ = [
-    "SYNTHETIC_BANNER",
-    "SyntheticDataset",
-    "SyntheticParams",
-    "default_synthetic_dir",
-    "gene_panel",
-    "hex_spots",
-    "is_synthetic",
-    "make_synthetic_dataset",
-    "remove_synthetic_dataset",
-    "render_section",
-    "spot_morphology",
-]
-
+__all__ = ["SYNTHETIC_BANNER", "SyntheticDataset", "SyntheticParams", "default_synthetic_dir", "is_synthetic",
+           "make_synthetic_dataset", "remove_synthetic_dataset"]

@@ -1,6 +1,6 @@
 """``stfeat demo``: the whole pipeline end to end, offline, in a few minutes on a laptop CPU.
 
-Without data it generates the synthetic dataset (:mod:`stfeat.synthetic`: 3 patients x 2 sections,
+Without data it generates the synthetic dataset (:mod:`stfeat.datasets`: 3 patients x 2 sections,
 labelled ``SYN-...``), extracts features with the no-weights ``classical`` encoder at three fields
 of view, fits a few heads with a patient-grouped split, and writes metrics, plots and predictions.
 With ``data=`` it runs the same steps on the user's own sample, folder or manifest.
@@ -118,14 +118,14 @@ def run_demo(
     quick
         Reduced settings (smaller dataset, two heads); default from ``$STFEAT_DEMO_QUICK``.
     predict
-        Also predict one held-in sample with the refit model (``fit/demo_prediction.h5ad``) when
+        Also predict one held-in sample with the refit model (``demo_prediction_{sample}.h5ad``) when
         :mod:`stfeat.prediction` is available.
     on_step
         Called with a one-line message before each step (the CLI prints them).
     """
     from stfeat.extraction import extract_caches
     from stfeat.fitting import fit_report
-    from stfeat.synthetic import SYNTHETIC_BANNER, make_synthetic_dataset
+    from stfeat.datasets import SYNTHETIC_BANNER, make_synthetic_dataset
 
     say = on_step or (lambda msg: log.info("%s", msg))
     quick = quick_mode() if quick is None else bool(quick)
@@ -184,7 +184,7 @@ def _predict_one(result: DemoResult, res: Any, say: Callable[[str], None]) -> Pa
     best = res.metrics.get("best_model") or next(iter(model_dirs))
     model_dir = model_dirs[best]
     ref = resolve_samples(result.data)[0]
-    dest = result.fit_dir / f"demo_prediction_{ref.sample_id}.h5ad"
+    dest = result.out_dir / f"demo_prediction_{ref.sample_id}.h5ad"  # fit/ is replaced whole by a refit
     say(f"[4/4] predict: {ref.sample_id} with the refit {best} model (best by cross-validation) -> {dest}")
     t0 = time.perf_counter()
     predict(model_dir, ref, out=dest, cache_dir=result.cache_dir)

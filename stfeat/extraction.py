@@ -99,8 +99,8 @@ class _Identity:
         return C.config_hash(self.identity)
 
 
-def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = None, pretrained: bool = True,
-                     memo_dir: Path | None = None) -> _Identity:
+def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = None, pretrained: bool = True
+                     ) -> _Identity:
     """What identifies an encoder's features, computed WITHOUT building the model.
 
     A registry name contributes its spec (architecture, input size, normalisation, pooling,
@@ -108,7 +108,7 @@ def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = N
     (seeded) the word "random". The config hash of the cache is the hash of this dict.
 
     A weights file's digest is memoised by :func:`stfeat.encoders._weights.weights_sha256` (the same
-    fingerprint ``Encoder.weights_id`` records); ``memo_dir`` is accepted for compatibility and unused.
+    fingerprint ``Encoder.weights_id`` records).
     """
     from stfeat.encoders.base import Encoder
 

@@ -44,27 +44,6 @@ def cache_file(cache_dir: str | Path, encoder: str, sample_id: str) -> Path:
     return Path(cache_path(cache_dir, encoder_tag(encoder), sample_id))
 
 
-def knn_within(coords_um: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest other spots (self excluded); -1 / inf pads samples with fewer than k+1 spots.
-
-    Used when a cache holds fewer than k neighbours and for prediction grids.
-    """
-    n = len(coords_um)
-    idx = np.full((n, k), -1, dtype=np.int64)
-    dist = np.full((n, k), np.inf, dtype=np.float32)
-    kk = min(k, n - 1)
-    if kk <= 0 or k <= 0:
-        return idx, dist
-    # exact k-d tree on 2-D coordinates: ~0.2 s for 100,000 spots (a flat FAISS index is O(n^2) here)
-    from scipy.spatial import cKDTree
-
-    d, i = cKDTree(coords_um).query(coords_um, k=kk + 1)
-    d, i = d[:, 1:], i[:, 1:]
-    idx[:, :kk] = i
-    dist[:, :kk] = d
-    return idx, dist
-
-
 @dataclass
 class SampleFeatures:
     """Features of one sample, one row per spot, in the sample's barcode order.
@@ -177,7 +156,9 @@ class SampleFeatures:
             if d is None:
                 d = np.linalg.norm(self.coords_um[self.neighbors[:, :k]] - self.coords_um[:, None], axis=-1)
             return self.neighbors[:, :k], np.asarray(d[:, :k], np.float32)
-        idx, dist = knn_within(self.coords_um, k)
+        from stfeat.neighbors import spatial_neighbors
+
+        idx, dist = spatial_neighbors(self.coords_um, k)
         self.neighbors, self.neighbor_dist_um = idx, dist
         return idx, dist
 

@@ -25,26 +25,10 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ tissue grid
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1-D array (maximises the between-class variance)."""
-    v = np.asarray(values, float).ravel()
-    hist, edges = np.histogram(v, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mu0 = m0 / np.maximum(w0, 1)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = (w0 * w1 * (mu0 - mu1) ** 2)[:-1]  # split after bin i, i.e. at edges[i + 1]
-    if not len(between) or between.max() <= 0:
-        return float(v.mean())
-    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
-    return float(edges[1:-1][best].mean())  # middle of a plateau (an empty gap between the classes)
-
-
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     """Boolean tissue mask of an RGB thumbnail: Otsu on median-filtered HSV saturation, closed, opened, filled."""
     from scipy import ndimage
+    from skimage.filters import threshold_otsu
 
     x = np.asarray(rgb, float)[..., :3] / 255.0
     mx, mn = x.max(-1), x.min(-1)
@@ -52,7 +36,7 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     r = max(1, int(round(min(sat.shape) / 200)))
     # smooth first: tissue is textured (pale stroma between dark nuclei), glass is not
     sat = ndimage.median_filter(sat, size=2 * r + 1)
-    mask = sat > otsu_threshold(sat)
+    mask = sat > threshold_otsu(sat)  # a constant image gives its value: an empty mask
     st = np.ones((2 * r + 1, 2 * r + 1), bool)
     mask = ndimage.binary_opening(ndimage.binary_closing(mask, st), st)
     return ndimage.binary_fill_holes(mask)

@@ -98,7 +98,7 @@ def test_demo_split_is_patient_grouped_and_heads_learn(demo_workspace):
 
 def test_demo_on_user_data_and_bad_data(tmp_path):
     from stfeat.cli import app
-    from stfeat.synthetic import make_synthetic_dataset
+    from stfeat.datasets import make_synthetic_dataset
 
     ds = make_synthetic_dataset(tmp_path / "mine", n_patients=2, sections_per_patient=1, n_genes=70,
                                 size_um=(500.0, 500.0), seed=5)

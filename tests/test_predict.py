@@ -11,7 +11,7 @@ from sklearn.linear_model import Ridge
 from stfeat.errors import InputError
 from stfeat.fitting import fit_report as fit
 from stfeat.model import Model, find_model_dir
-from stfeat.prediction import otsu_threshold, predict, tissue_mask
+from stfeat.prediction import predict, tissue_mask
 from test_fit_support import toy_dataset, toy_sample, write_toy_cache
 
 
@@ -67,15 +67,3 @@ def test_sample_without_cache_or_image_is_a_clear_error(fitted):
     lone, _ = toy_sample("L1", "L", n_side=4)
     with pytest.raises(InputError, match="no H&E image"):
         predict(tmp / "out", lone)
-
-
-def test_otsu_and_tissue_mask():
-    rng = np.random.default_rng(0)
-    v = np.r_[rng.normal(0.1, 0.02, 500), rng.normal(0.6, 0.05, 500)]
-    t = otsu_threshold(v)
-    assert 0.2 < t < 0.5
-    rgb = np.full((100, 120, 3), 240, np.uint8)
-    rgb[20:80, 30:90] = [190, 90, 160]  # saturated pink tissue on grey-white glass
-    m = tissue_mask(rgb)
-    assert m[50, 60] and not m[5, 5]
-    assert abs(m.sum() - 60 * 60) < 300

@@ -62,7 +62,7 @@ def demo_cmd(
     """
     from stfeat.resolved_config import save_resolved_config
     from stfeat.demo import next_steps, quick_mode, run_demo
-    from stfeat.synthetic import SYNTHETIC_BANNER
+    from stfeat.datasets import SYNTHETIC_BANNER
 
     setup_logging(verbose)
     scale_list = _scales(scales_um)

@@ -23,7 +23,8 @@ from stfeat.heads._persist import load_head, save_head
 from stfeat.heads.attention import AttentionHead
 from stfeat.heads.gbm import LGBMHead
 from stfeat.heads.knn import KNNHead
-from stfeat.heads.linear import HestRidge, RidgeCVHead
+from stfeat.heads.hest_ridge import HestRidge
+from stfeat.heads.ridge import RidgeCVHead
 from stfeat.heads.mlp import MLPHead
 
 #: name -> head class

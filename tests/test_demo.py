@@ -72,7 +72,7 @@ def test_demo_runs_end_to_end_offline(tmp_path_factory):
     assert sorted(p.name for p in (fit / "predictions").glob("*.h5ad")) == [
         "classical__hest-ridge.h5ad", "classical__ridge.h5ad"]
     assert list((fit / "plots").rglob("*.png"))
-    assert (fit / "demo_prediction_SYN-P1-S1.h5ad").is_file()
+    assert (out / "demo_prediction_SYN-P1-S1.h5ad").is_file()  # beside fit/, which a refit replaces whole
     resolved = (out / "resolved_config.yaml").read_text()
     assert "sources:" in resolved and "out: cli" in resolved
 

@@ -81,9 +81,33 @@ def encoder_tag(name: str) -> str:
 
 
 def cache_path(cache_dir: str | Path, encoder_tag: str, sample_id: str) -> Path:
-    """``{cache_dir}/{encoder_tag}/{sample_id}.h5`` (the sample id is made filesystem-safe)."""
-    sid = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(sample_id)).strip(".") or "sample"
+    """``{cache_dir}/{encoder_tag}/{name}.h5``, one file per exact sample id (injective).
+
+    A sample id made only of ``A-Za-z0-9._+-`` (not starting with a dot) is used as it is (``C2.h5``).
+    Any other id is made filesystem-safe AND given ``~`` plus a short hash of the exact id
+    (``"A B"`` -> ``A_B~3f9a0c1d2e.h5``), so ``"A B"`` and ``"A_B"`` never share a file. ``~`` never
+    occurs in a kept id, so the two forms cannot collide either; the file's stored ``sample_id`` is
+    still checked on every read.
+    """
+    import hashlib
+
+    raw = str(sample_id)
+    sid = re.sub(r"[^A-Za-z0-9._+-]+", "_", raw).strip(".")
+    if sid != raw or not sid:
+        digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        sid = f"{sid[:80] or 'sample'}~{digest}"
     return Path(cache_dir) / encoder_tag / f"{sid}.h5"
+
+
+def check_sample_id(path: str | Path, attrs: Mapping[str, Any], sample_id: str | None) -> None:
+    """Refuse a cache whose stored sample id is not the sample it is read for."""
+    stored = attrs.get("sample_id")
+    if sample_id is None or stored in (None, ""):
+        return
+    if str(stored) != str(sample_id):
+        raise InputError(path, f"holds the features of sample {stored!r}, not of {sample_id!r} (two sample ids "
+                         "mapped to one cache file, or the file was copied or renamed).",
+                         "re-extract the sample with `stfeat extract ... --overwrite`, or use another --cache-dir.")
 
 
 def partial_path(path: str | Path) -> Path:
@@ -95,6 +119,15 @@ def partial_path(path: str | Path) -> Path:
 def lock_path(path: str | Path) -> Path:
     p = Path(path)
     return p.with_name(p.name + LOCK_SUFFIX)
+
+
+def refuse_symlinks(*paths: str | Path) -> None:
+    """Refuse cache files that are symbolic links: writing would follow them out of the cache folder."""
+    for p in paths:
+        if Path(p).is_symlink():
+            raise InputError(p, f"is a symbolic link (to {os.readlink(p)}); stfeat does not write cache files "
+                             "through links, which could overwrite a file outside the cache folder.",
+                             "remove the link (or use another --cache-dir).")
 
 
 def now_iso() -> str:
@@ -234,7 +267,8 @@ def _check_schema(path: Path, attrs: Mapping[str, Any]) -> None:
                          f"understands ({K.CACHE_SCHEMA_VERSION}).", "upgrade stfeat.")
 
 
-def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None) -> CacheData:
+def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None,
+               sample_id: str | None = None) -> CacheData:
     """Read a complete cache file (features as float32).
 
     Parameters
@@ -243,11 +277,14 @@ def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None)
         A ``.h5`` file written by :func:`stfeat.extract.extract` or :func:`write_cache`.
     scales
         Fields of view to read (micrometres or names); default all.
+    sample_id
+        The sample the file is read for: a file holding another sample's features is refused.
 
     Raises
     ------
     InputError
-        Missing, unreadable, foreign or incomplete file, or a scale it does not hold.
+        Missing, unreadable, foreign, incomplete, edited or corrupt file (checksums, NaN features,
+        rows that do not match its spots), another sample's file, or a scale it does not hold.
     """
     import h5py
 
@@ -261,6 +298,8 @@ def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None)
     if not attrs.get("complete", False):
         raise InputError(path, "is an incomplete feature cache (its extraction was interrupted).",
                          "rerun `stfeat extract` to resume it.")
+    check_sample_id(path, attrs, sample_id)
+    verify_attrs(path, attrs)
     with h5py.File(path, "r") as f:
         have = list(f["features"].keys())
         names = have if scales is None else [_as_name(s) for s in scales]
@@ -269,16 +308,92 @@ def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None)
             raise InputError(path, f"holds no features for scale(s) {missing} um (it has {have}).",
                              "run `stfeat extract` with those --scales (they are added to the file).")
         names.sort(key=float)
-        feats = {s: f["features"][s][...].astype(np.float32, copy=False) for s in names}
+        barcodes = f["barcodes"].asstr()[...].astype(str)
+        n = len(barcodes)
+        coords = _verified(path, f["coords"], "coords")
+        feats = {s: _verified(path, f["features"][s], f"features/{s}") for s in names}
+        for s, v in feats.items():
+            if v.ndim != 2 or v.shape[0] != n:
+                raise InputError(path, f"features/{s} has {v.shape[0]} rows but the file lists {n} spots: the "
+                                 "file is damaged.", "delete it and re-extract the sample (`stfeat extract ... --overwrite`).")
+            bad = ~np.isfinite(v).all(axis=1)
+            if bad.any():
+                raise InputError(path, f"features/{s} holds NaN or infinite values in {int(bad.sum())} of {n} spots "
+                                 f"(e.g. spot {barcodes[np.flatnonzero(bad)[0]]}).",
+                                 "re-extract the sample with `stfeat extract ... --overwrite` (with float32 "
+                                 "features, --dtype float32, if the encoder overflows float16).")
+        if coords.shape != (n, 2):
+            raise InputError(path, f"coords is {coords.shape}, not ({n}, 2): the file is damaged.",
+                             "delete it and re-extract the sample.")
+        feats = {s: v.astype(np.float32, copy=False) for s, v in feats.items()}
         padded = {s: f["padded"][s][...].astype(bool) for s in names if s in f.get("padded", {})}
         nb = f.get("neighbors")
         nbi = nb["spatial"][...] if nb is not None and "spatial" in nb else None
         nbd = nb["spatial_dist_um"][...] if nb is not None and "spatial_dist_um" in nb else None
+        if nbi is not None and nbi.shape[0] != n:
+            raise InputError(path, f"neighbors/spatial has {nbi.shape[0]} rows, not {n}: the file is damaged.",
+                             "delete it and re-extract the sample.")
         return CacheData(
-            barcodes=f["barcodes"].asstr()[...].astype(str),
-            coords=f["coords"][...].astype(np.float64),
+            barcodes=barcodes, coords=coords.astype(np.float64),
             features=feats, padded=padded, neighbors=nbi, neighbor_dist_um=nbd, attrs=attrs,
         )
+
+
+# ---------------------------------------------------------------- integrity
+CHECKSUM_ATTR = "blake2b"
+# the pixel size that Visium caches before stfeat 0.x carried: 55 um / spot_diameter_fullres, 15% too small
+_OLD_VISIUM_UM = "55 um spot / spot_diameter_fullres"
+
+
+def checksum(arr: np.ndarray) -> str:
+    """blake2b (16 bytes, hex) of an array's bytes, C order: written beside each dataset at completion."""
+    import hashlib
+
+    a = np.ascontiguousarray(arr)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _verified(path: Path, ds: Any, name: str) -> np.ndarray:
+    arr = ds[...]
+    want = ds.attrs.get(CHECKSUM_ATTR)
+    if want is not None:
+        want = want.decode() if isinstance(want, bytes) else str(want)
+        if checksum(arr) != want:
+            raise InputError(path, f"the content of {name} does not match the checksum written when the file was "
+                             "completed: the file was changed or damaged after extraction.",
+                             "re-extract this sample: `stfeat extract ... --overwrite` (or delete the file).")
+    return arr
+
+
+def write_checksums(f: Any) -> None:
+    """Store the checksum of coords and of every feature dataset (call when the file is complete)."""
+    f["coords"].attrs[CHECKSUM_ATTR] = checksum(f["coords"][...])
+    for s in f["features"]:
+        ds = f["features"][s]
+        ds.attrs[CHECKSUM_ATTR] = checksum(ds[...])
+
+
+def verify_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
+    """Refuse a cache whose identity attributes were edited, or that carries the old Visium pixel size.
+
+    The ``config_hash`` must be the hash of the stored ``encoder_identity`` (what the features were
+    computed with); a file whose hash was edited to look like another configuration is refused.
+    """
+    ident = attrs.get("encoder_identity")
+    if isinstance(ident, dict) and attrs.get("config_hash"):
+        if config_hash(ident) != str(attrs["config_hash"]):
+            raise InputError(path, f"its config_hash {attrs['config_hash']} is not the hash of the encoder identity "
+                             f"it stores ({config_hash(ident)}): the attributes were edited, so what computed these "
+                             "features is unknown.", "re-extract this sample with `stfeat extract ... --overwrite`.")
+    src = str(attrs.get("um_per_px_source", ""))
+    if _OLD_VISIUM_UM in src:
+        raise InputError(path, f"was extracted with the old Visium pixel size ({attrs.get('um_per_px')} um/px from "
+                         "55 um / spot_diameter_fullres, about 15% too small: its fields of view are ~15% narrower "
+                         "than named), so it cannot be mixed with caches of the corrected pixel size.",
+                         "re-extract this sample with `stfeat extract ... --overwrite`.")
 
 
 def describe_cache(path: str | Path) -> str:
@@ -316,6 +431,60 @@ def describe_cache(path: str | Path) -> str:
     lines.append(f"  versions:   stfeat {attrs.get('stfeat_version')}, torch {attrs.get('torch_version')}, "
                  f"timm {attrs.get('timm_version')}, schema {attrs.get('schema_version')}")
     return "\n".join(lines)
+
+
+def check_compatible(entries: Sequence[tuple[str, Path, Mapping[str, Any]]],
+                     scales: Sequence[float | str] | None = None) -> list[str]:
+    """Check that caches combined in one fit agree; return the scale names to use.
+
+    Parameters
+    ----------
+    entries
+        ``(sample_id, path, attrs)`` per cache (attrs from :func:`read_attrs`).
+    scales
+        Requested scales; None: the scales every cache holds (a message names what is left out).
+
+    Raises
+    ------
+    InputError
+        Caches computed with different encoder configurations (encoder, weights, config hash, feature
+        width), or no scale held by all of them, or a requested scale that some cache lacks.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for sid, path, attrs in entries:
+        verify_attrs(path, attrs)
+        key = (str(attrs.get("encoder")), str(attrs.get("weights_id")), str(attrs.get("config_hash")),
+               str(attrs.get("embed_dim")))
+        groups.setdefault(key, []).append(sid)
+    if len(groups) > 1:
+        desc = "; ".join(f"{', '.join(ids[:4])}{' ...' if len(ids) > 4 else ''}: encoder {k[0]}, weights {k[1]}, "
+                         f"config {k[2]}" for k, ids in groups.items())
+        raise InputError(entries[0][1].parent, f"the feature caches were computed with {len(groups)} different "
+                         f"encoder configurations ({desc}); features of different encoders or weights cannot be "
+                         "combined in one model.", "re-extract the odd samples with the same --encoder/--weights "
+                         "(without --random-weights), or fit them separately.")
+    have = {sid: {scale_name(x) for x in np.atleast_1d(attrs.get("scales_um", []))} for sid, _, attrs in entries}
+    if scales is not None:
+        want = [_as_name(x) for x in scales]
+        for sid, path, _ in entries:
+            miss = [x for x in want if x not in have[sid]]
+            if miss:
+                raise InputError(path, f"holds no features at scale(s) {miss} um (it has "
+                                 f"{sorted(have[sid], key=float)}).", "extract them with `stfeat extract ... "
+                                 "--scales`, or choose scales every sample has.")
+        return want
+    common = set.intersection(*have.values()) if have else set()
+    union = set.union(*have.values()) if have else set()
+    if not common:
+        raise InputError(entries[0][1].parent, "no field of view is held by every feature cache ("
+                         + "; ".join(f"{sid}: {sorted(v, key=float)}" for sid, v in have.items()) + ").",
+                         "extract a common --scales for every sample.")
+    if common != union:
+        short = {sid: sorted(union - v, key=float) for sid, v in have.items() if union - v}
+        log.warning("using the scales every sample has, %s um; left out %s um (%s lack them). Pass --scales, "
+                    "or extract the missing scales, to use them.", sorted(common, key=float),
+                    sorted(union - common, key=float), ", ".join(f"{k}: {v}" for k, v in short.items()))
+    return sorted(common, key=float)
 
 
 # ---------------------------------------------------------------- writing
@@ -431,6 +600,7 @@ def write_cache(
             write_neighbors(f, neighbors, neighbor_dist_um if neighbor_dist_um is not None
                             else np.full(np.shape(neighbors), np.nan, np.float32))
             a.setdefault("k_neighbors", int(np.shape(neighbors)[1]))
+        write_checksums(f)
         _set_attrs(f, a)
     os.replace(tmp, path)
     return path
@@ -442,6 +612,7 @@ def finalize(f: Any, *, scales_um: Sequence[float]) -> None:
     missing = [s for s, m in masks.items() if not m.all()]
     if missing:
         raise RuntimeError(f"{f.filename}: refusing to mark complete, scales {missing} are not done")
+    write_checksums(f)
     _set_attrs(f, {"scales_um": sorted(float(s) for s in scales_um), "completed": now_iso(),
                    "complete": True})
     f.flush()
@@ -449,5 +620,6 @@ def finalize(f: Any, *, scales_um: Sequence[float]) -> None:
 
 __all__ = [
     "CacheData", "cache_path", "encoder_tag", "scale_name", "read_cache", "read_attrs", "write_cache",
-    "describe_cache", "cache_lock", "config_hash", "partial_path", "lock_path",
+    "describe_cache", "cache_lock", "config_hash", "partial_path", "lock_path", "check_sample_id",
+    "verify_attrs", "checksum", "check_compatible",
 ]

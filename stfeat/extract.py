@@ -256,9 +256,10 @@ def _mismatch(path: Path, attrs: dict, ident: _Identity) -> InputError:
 
 
 def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.dtype, k: int,
-          um_per_px: float | None, overwrite: bool) -> _Plan:
+          um_per_px: float | None, overwrite: bool, sample_id: str | None = None) -> _Plan:
     want = sorted(float(s) for s in scales)
     part = C.partial_path(final)
+    C.refuse_symlinks(final, part)
     if overwrite:
         return _Plan("new", want)
     for path, is_final in ((final, True), (part, False)):
@@ -271,6 +272,8 @@ def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.d
                 raise
             log.warning("%s is unreadable (killed mid-write?): starting it again", path)
             return _Plan("new", want)
+        C.check_sample_id(path, attrs, sample_id)
+        C.verify_attrs(path, attrs)
         if attrs.get("config_hash") != ident.hash:
             raise _mismatch(path, attrs, ident)
         if np.dtype(str(attrs.get("dtype", "float16"))) != dtype:
@@ -352,8 +355,14 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             status = "written"
     scales = list(plan.scales)
     if f is not None:
-        if um_override is None:  # resume with the crops' original geometry
-            um = float(f.attrs.get("um_per_px", um))
+        if um_override is None:  # resume with the crops' original geometry, if the sample still has it
+            stored = float(f.attrs.get("um_per_px", um))
+            if abs(stored - um) > 1e-6 * um:
+                f.close()
+                raise InputError(part, f"was started at {stored:.6g} um/px, but the sample now reads {um:.6g} um/px "
+                                 f"({sample.um_per_px_source}); its scales would mix two geometries.",
+                                 "pass --overwrite to recompute it, or give --um-per-px explicitly.")
+            um = stored
         # an interrupted run may have started scales that were not asked for this time: finish them too
         scales = sorted(set(scales) | {float(x) for x in f["features"].keys()})
     bs = int(batch_size or plan.batch_size or auto_bs())
@@ -516,8 +525,8 @@ def extract(
     refs = refs[rank::world]
     ident = encoder_identity(encoder, weights=weights, pretrained=pretrained)
     finals = [C.cache_path(root, ident.tag, r.sample_id) for r in refs]
-    plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite)
-             for p in finals]
+    plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite,
+                   sample_id=r.sample_id) for p, r in zip(finals, refs)]
     results: list[SampleResult] = []
 
     def report(r: SampleResult) -> None:
@@ -552,7 +561,7 @@ def extract(
                 futures[work[j + 1]] = pool.submit(_load_sample, refs[work[j + 1]])
             with C.cache_lock(finals[i]):
                 plan = _plan(finals[i], ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px,
-                             overwrite=overwrite)  # again, under the lock: another rank may have finished it
+                             overwrite=overwrite, sample_id=refs[i].sample_id)  # again, under the lock: another rank may have finished it
                 if plan.action == "skip":
                     report(SampleResult(refs[i].sample_id, finals[i], "skipped", plan.n_spots, 0,
                                         time.perf_counter() - t0, plan.scales))

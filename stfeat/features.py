@@ -105,7 +105,8 @@ class SampleFeatures:
         path = Path(path)
         names = None if scales is None else [scale_name(s) for s in scales]
         try:
-            data = read_cache(path, scales=None if names is None else [float(s) for s in names])
+            data = read_cache(path, scales=None if names is None else [float(s) for s in names],
+                              sample_id=sample_id)
         except (OSError, KeyError) as exc:
             raise InputError(path, f"cannot read the feature cache ({exc}).",
                              "re-run `stfeat extract` for this sample (add --overwrite).") from None
@@ -216,7 +217,15 @@ class FeatureSet:
     @classmethod
     def from_caches(cls, samples: Sequence[tuple[str, str | None, Path, Sequence[str], str | Path | None]], *,
                     scales: Sequence[str | float] | None = None) -> "FeatureSet":
-        """Load caches: one ``(sample_id, patient, cache_path, sample_barcodes, sample_path)`` per sample."""
+        """Load caches: one ``(sample_id, patient, cache_path, sample_barcodes, sample_path)`` per sample.
+
+        The caches must agree on the encoder configuration (``stfeat.cache.check_compatible``); without
+        ``scales``, the scales every cache holds are used (a message names any left out).
+        """
+        from stfeat.cache import check_compatible, read_attrs
+
+        scales = check_compatible([(sid, Path(path), read_attrs(path)) for sid, _, path, _, _ in samples],
+                                  scales)
         out = []
         for sid, patient, path, barcodes, spath in samples:
             sf = SampleFeatures.from_cache(path, scales=scales, patient=patient, sample_id=sid)

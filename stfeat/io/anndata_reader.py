@@ -123,17 +123,20 @@ def resolve_um(
             return v, f"hest-metadata ({key} in {meta_path.name if meta_path else 'metadata'})"
     pitch = _TECH_PITCH.get(str(tech or "").strip().lower())
     if scalefactors and (d := _num(scalefactors.get("spot_diameter_fullres"))) is not None:
-        um = K.VISIUM_SPOT_DIAMETER_UM / d
+        if not (np.isfinite(d) and d > 0):
+            raise InputError(path, f"uns['spatial'] scale factors give spot_diameter_fullres = {d:g}, not a "
+                             "positive number of pixels.", "fix the scale factors, or pass --um-per-px.")
+        um = K.VISIUM_SPOT_FULLRES_UM / d
         lat, nn = C.lattice_um_per_px(coords, K.VISIUM_PITCH_UM)
         if np.isfinite(lat) and abs(lat / um - 1) > 0.1:
             notes.warn(
-                f"{path.name}: uns['spatial'] scale factors give {um:.3f} um/px (55 um / spot_diameter_fullres) but "
+                f"{path.name}: uns['spatial'] scale factors give {um:.3f} um/px (65 um / spot_diameter_fullres) but "
                 f"the spot lattice in these coordinates gives {lat:.3f} um/px (100 um pitch / {nn:.1f} px): the "
                 "coordinates are not in the full-resolution frame of those scale factors; using the lattice value. "
                 "Pass um_per_px (--um-per-px) if you know it."
             )
             return lat, C.estimated_source("Visium", K.VISIUM_PITCH_UM, nn)
-        return um, f"uns['spatial'] scalefactors ({K.VISIUM_SPOT_DIAMETER_UM:g} um spot / spot_diameter_fullres)"
+        return um, f"uns['spatial'] scalefactors ({K.VISIUM_SPOT_FULLRES_UM:g} um spot span / spot_diameter_fullres)"
     if slide is not None and slide.um_per_px is not None:
         return float(slide.um_per_px), str(slide.um_per_px_source)
     if pitch is not None:

@@ -26,8 +26,13 @@ class InputError(StfeatError, ValueError):
         self.path = None if path is None else Path(path)
         self.problem = problem
         self.fix = fix
-        where = f"{self.path}: " if self.path is not None else ""
-        super().__init__(f"{where}{problem} Fix: {fix}")
+        where = f"{_printable(self.path)}: " if self.path is not None else ""
+        super().__init__(f"{where}{_printable(problem)} Fix: {_printable(fix)}")
+
+
+def _printable(v: object) -> str:
+    """``str(v)`` that any terminal can print: bytes of a name that is not UTF-8 become U+FFFD."""
+    return str(v).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class CacheLockedError(StfeatError):

@@ -248,9 +248,9 @@ def _json_default(o: Any):
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from stfeat._safe_write import write_text
+
+    write_text(path, text)  # a fresh temporary file (never a planted link), then renamed into place
 
 
 def _as_list(x: Any) -> list:

@@ -48,7 +48,7 @@ def _root(
 
 
 # Each module defines its commands with @app.command(); importing it registers them.
-_COMMAND_MODULES = ["info", "encoders", "extract", "fit", "predict", "demo", "run"]
+_COMMAND_MODULES = ["info", "encoders", "extract", "fit", "predict", "demo", "run", "cache"]
 for _name in _COMMAND_MODULES:
     try:
         importlib.import_module(f"stfeat.cli.{_name}")

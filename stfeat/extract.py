@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +46,7 @@ from stfeat.batching import (
     extract_points,
     iter_features,
 )
-from stfeat.errors import InputError
+from stfeat.errors import InputError, ResourceError, StfeatError
 
 if TYPE_CHECKING:  # pragma: no cover
     from stfeat.encoders.base import Encoder
@@ -151,47 +149,7 @@ def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = N
                      int(spec.input_px) if spec is not None else None)
 
 
-# ---------------------------------------------------------------- the writer thread
-class _Writer:
-    """Writes finished batches to the open HDF5 file in a background thread (small queue), so the
-    encoder never waits on disk. Each batch: feature rows, padded flags, then done flags, then flush."""
-
-    def __init__(self, f: Any, names: Sequence[str], dtype: np.dtype, maxsize: int = 4) -> None:
-        self.f, self.names, self.dtype = f, list(names), dtype
-        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.error: BaseException | None = None
-        self.t = threading.Thread(target=self._run, name="stfeat-cache-writer", daemon=True)
-        self.t.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue
-            a, b, feats, padded = item
-            try:
-                for j, s in enumerate(self.names):
-                    self.f["features"][s][a:b] = feats[:, j].astype(self.dtype)
-                    self.f["padded"][s][a:b] = padded[:, j]
-                for s in self.names:
-                    self.f["done"][s][a:b] = True
-                self.f.flush()
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-                self.error = exc
-
-    def put(self, a: int, b: int, feats: np.ndarray, padded: np.ndarray) -> None:
-        self.check()
-        self.q.put((a, b, feats, padded))
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.t.join()
+from stfeat._cache_writer import _Writer  # noqa: E402 - the writer thread (kept out of this module)
 
 
 # ---------------------------------------------------------------- samples, shards, plans
@@ -366,9 +324,25 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
         # an interrupted run may have started scales that were not asked for this time: finish them too
         scales = sorted(set(scales) | {float(x) for x in f["features"].keys()})
     bs = int(batch_size or plan.batch_size or auto_bs())
+    from stfeat._faults import check_room, expected_bytes
+
+    try:
+        check_room(part, expected_bytes(n, int(enc.embed_dim), len(scales), dtype.itemsize, k),
+                   part.stat().st_size if part.exists() else 0)
+    except ResourceError:
+        if f is not None:
+            f.close()
+        raise
     if f is None:
-        f = h5py.File(part, "w")
-        C.create_datasets(f, barcodes=barcodes, coords=coords)
+        try:
+            f = h5py.File(part, "w")
+            C.create_datasets(f, barcodes=barcodes, coords=coords)
+        except (OSError, RuntimeError) as exc:
+            from stfeat._faults import disk_error, is_write_failure
+
+            if not is_write_failure(exc):
+                raise
+            raise disk_error(part, exc) from None
         slide_path = getattr(sample.slide, "path", "")
         C._set_attrs(f, {
             "schema_version": K.CACHE_SCHEMA_VERSION, "complete": False, "created": C.now_iso(), "completed": "",
@@ -420,8 +394,17 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
                 bar.close()
             writer.check()
         C.finalize(f, scales_um=scales)
+    except (OSError, RuntimeError, StfeatError) as exc:
+        from stfeat._faults import abandon, disk_error, is_write_failure
+
+        if not (is_write_failure(exc) or isinstance(exc, ResourceError)):
+            raise
+        abandon(f)  # closing an HDF5 file after a failed write crashes the process; leave it open
+        f = None
+        raise disk_error(part, exc) if not isinstance(exc, ResourceError) else exc from None
     finally:
-        f.close()
+        if f is not None:
+            f.close()
     os.replace(part, final)
     return status, n_computed
 

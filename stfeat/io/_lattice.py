@@ -142,6 +142,8 @@ def _pair_start(U: np.ndarray, P: np.ndarray) -> np.ndarray:
     _, nb = cKDTree(U).query(U, k=k)
     i = np.repeat(np.arange(len(U)), k - 1)
     j = nb[:, 1:].ravel()
+    valid = j < len(U)  # cKDTree marks missing neighbours with index n
+    i, j = i[valid], j[valid]
     du, dp = U[j] - U[i], P[j] - P[i]
     M = np.zeros((2, 2))
     for ax in (0, 1):

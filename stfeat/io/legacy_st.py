@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,8 @@ def _read_counts(path: Path):  # -> (X csr, row ids, genes)
 
     try:
         df = pd.read_csv(path, sep="\t", index_col=0, engine="c", low_memory=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError,
+            zlib.error) as exc:  # a damaged gzip stream ends in zlib.error
         raise InputError(path, f"the counts table cannot be parsed ({exc}).",
                          "give a tab-separated spots x genes table with a header row of genes.") from None
     non_num = [c for c, t in df.dtypes.items() if t.kind not in "biuf"]
@@ -167,7 +169,8 @@ def _read_spots(path: Path):
 
     try:
         df = pd.read_csv(path, sep="\t", engine="c")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError,
+            zlib.error) as exc:
         raise InputError(path, f"the spot file cannot be parsed ({exc}).", "give a tab-separated table.") from None
     need = {"x", "y", "pixel_x", "pixel_y"}
     if not need <= set(df.columns):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,8 @@ def _read_h5(path: Path):
             names = np.array([b.decode() for b in (feat["name"] if "name" in feat else feat["gene_names"])[()]])
             ftype = (np.array([b.decode() for b in feat["feature_type"][()]]) if "feature_type" in feat
                      else np.full(len(ids), "Gene Expression"))
-    except OSError as exc:
-        raise InputError(path, f"the counts file cannot be read as HDF5 ({exc}).",
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:  # h5py, damaged file
+        raise InputError(path, f"the counts file cannot be read as HDF5 ({type(exc).__name__}: {exc}).",
                          "re-copy filtered_feature_bc_matrix.h5 from the Space Ranger outs/ folder.") from None
     return m.T.tocsr(), barcodes, ids, names, ftype
 
@@ -77,7 +78,7 @@ def _read_mtx(folder: Path):
     try:
         with (gzip.open(mtx, "rb") if mtx.suffix == ".gz" else open(mtx, "rb")) as fh:
             m = scipy.io.mmread(fh)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
         raise InputError(mtx, f"the Matrix Market file cannot be parsed ({exc}).", "re-copy it from Space Ranger outs/.") from None
     bc = pd.read_csv(_f("barcodes.tsv"), sep="\t", header=None, engine="c")[0].astype(str).to_numpy()
     ff = _f("features.tsv") if any((folder / s).is_file() for s in ("features.tsv.gz", "features.tsv")) else _f("genes.tsv")
@@ -110,7 +111,7 @@ def read_positions(spatial: Path):
                 df.columns = _POS_COLS[: df.shape[1]]
         else:
             df = pd.read_csv(path, engine="c")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError, zlib.error) as exc:
         raise InputError(path, f"the positions file cannot be parsed ({exc}).", "re-copy it from Space Ranger outs/spatial/.") from None
     missing = [c for c in _POS_COLS if c not in df.columns]
     if missing:
@@ -137,7 +138,11 @@ def read_scalefactors(spatial: Path) -> tuple[dict[str, Any], Path | None]:
     if not path.is_file():
         return {}, None
     try:
-        return json.loads(path.read_text()), path
+        sf = json.loads(path.read_text())
+        if not isinstance(sf, dict):
+            raise InputError(path, f"the scale factors are a JSON {type(sf).__name__}, not an object.",
+                             "re-copy it from Space Ranger outs/spatial/.")
+        return sf, path
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, f"the scale factors are not valid JSON ({exc}).", "re-copy it from Space Ranger outs/spatial/.") from None
 
@@ -233,7 +238,14 @@ def read_spaceranger(
                     raise InputError(sf_path or spatial / "scalefactors_json.json",
                                      f"{name} exists but its scale factor {key!r} is missing.",
                                      "copy scalefactors_json.json from Space Ranger outs/spatial/, or pass image=FULLRES.")
-                img_path, scale = spatial / name, float(sf[key])
+                try:
+                    scale = float(sf[key])
+                except (TypeError, ValueError):
+                    scale = float("nan")
+                if not (np.isfinite(scale) and scale > 0):
+                    raise InputError(sf_path, f"{key} is {sf[key]!r}, not a positive number.",
+                                     "copy scalefactors_json.json from Space Ranger outs/spatial/, or pass image=FULLRES.")
+                img_path = spatial / name
                 break
     slide = None
     if img_path is not None:

@@ -85,8 +85,8 @@ def clean_features(root: str | Path, *, partial: bool) -> int:
 
 
 def human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return f"{n} B"

@@ -169,10 +169,10 @@ def test_cache_du_and_clean(tmp_path, slides):
     runner = CliRunner()
     r = runner.invoke(app, ["cache", "du", "--cache-dir", str(tmp_path / "none")])
     assert r.exit_code == 0, r.output
-    assert "2 slide(s), 2 level file(s), 2.41 MB of a 4.00 GB cap" in r.output
+    assert "2 slide(s), 2 level file(s), 2.41 MiB of a 4.00 GiB cap" in r.output
     r = runner.invoke(app, ["cache", "clean"])
     assert r.exit_code == 0, r.output
-    assert "freed 2.41 MB (2 -> 0 level files" in r.output
+    assert "freed 2.41 MiB (2 -> 0 level files" in r.output
     assert not list(slides.glob("*.u8"))
 
 

@@ -93,8 +93,11 @@ def load_config(path: str | Path) -> Config:
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(path, "config file not found.", "check the path (configs/ holds examples).")
+    from stfeat._yaml import read_yaml_text
+
+    text = read_yaml_text(path, what="config")  # UTF-8, and refused past a sane nesting depth
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +46,7 @@ from stfeat.batching import (
     extract_points,
     iter_features,
 )
-from stfeat.errors import InputError
+from stfeat.errors import InputError, ResourceError, StfeatError
 
 if TYPE_CHECKING:  # pragma: no cover
     from stfeat.encoders.base import Encoder
@@ -151,47 +149,7 @@ def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = N
                      int(spec.input_px) if spec is not None else None)
 
 
-# ---------------------------------------------------------------- the writer thread
-class _Writer:
-    """Writes finished batches to the open HDF5 file in a background thread (small queue), so the
-    encoder never waits on disk. Each batch: feature rows, padded flags, then done flags, then flush."""
-
-    def __init__(self, f: Any, names: Sequence[str], dtype: np.dtype, maxsize: int = 4) -> None:
-        self.f, self.names, self.dtype = f, list(names), dtype
-        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.error: BaseException | None = None
-        self.t = threading.Thread(target=self._run, name="stfeat-cache-writer", daemon=True)
-        self.t.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue
-            a, b, feats, padded = item
-            try:
-                for j, s in enumerate(self.names):
-                    self.f["features"][s][a:b] = feats[:, j].astype(self.dtype)
-                    self.f["padded"][s][a:b] = padded[:, j]
-                for s in self.names:
-                    self.f["done"][s][a:b] = True
-                self.f.flush()
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-                self.error = exc
-
-    def put(self, a: int, b: int, feats: np.ndarray, padded: np.ndarray) -> None:
-        self.check()
-        self.q.put((a, b, feats, padded))
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.t.join()
+from stfeat._cache_writer import _Writer  # noqa: E402 - the writer thread (kept out of this module)
 
 
 # ---------------------------------------------------------------- samples, shards, plans
@@ -232,9 +190,10 @@ def _mismatch(path: Path, attrs: dict, ident: _Identity) -> InputError:
 
 
 def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.dtype, k: int,
-          um_per_px: float | None, overwrite: bool) -> _Plan:
+          um_per_px: float | None, overwrite: bool, sample_id: str | None = None) -> _Plan:
     want = sorted(float(s) for s in scales)
     part = C.partial_path(final)
+    C.refuse_symlinks(final, part)
     if overwrite:
         return _Plan("new", want)
     for path, is_final in ((final, True), (part, False)):
@@ -247,6 +206,8 @@ def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.d
                 raise
             log.warning("%s is unreadable (killed mid-write?): starting it again", path)
             return _Plan("new", want)
+        C.check_sample_id(path, attrs, sample_id)
+        C.verify_attrs(path, attrs)
         if attrs.get("config_hash") != ident.hash:
             raise _mismatch(path, attrs, ident)
         if np.dtype(str(attrs.get("dtype", "float16"))) != dtype:
@@ -328,14 +289,36 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             status = "written"
     scales = list(plan.scales)
     if f is not None:
-        if um_override is None:  # resume with the crops' original geometry
-            um = float(f.attrs.get("um_per_px", um))
+        if um_override is None:  # resume with the crops' original geometry, if the sample still has it
+            stored = float(f.attrs.get("um_per_px", um))
+            if abs(stored - um) > 1e-6 * um:
+                f.close()
+                raise InputError(part, f"was started at {stored:.6g} um/px, but the sample now reads {um:.6g} um/px "
+                                 f"({sample.um_per_px_source}); its scales would mix two geometries.",
+                                 "pass --overwrite to recompute it, or give --um-per-px explicitly.")
+            um = stored
         # an interrupted run may have started scales that were not asked for this time: finish them too
         scales = sorted(set(scales) | {float(x) for x in f["features"].keys()})
     bs = int(batch_size or plan.batch_size or auto_bs())
+    from stfeat._faults import check_room, expected_bytes
+
+    try:
+        check_room(part, expected_bytes(n, int(enc.embed_dim), len(scales), dtype.itemsize, k),
+                   part.stat().st_size if part.exists() else 0)
+    except ResourceError:
+        if f is not None:
+            f.close()
+        raise
     if f is None:
-        f = h5py.File(part, "w")
-        C.create_datasets(f, barcodes=barcodes, coords=coords)
+        try:
+            f = h5py.File(part, "w")
+            C.create_datasets(f, barcodes=barcodes, coords=coords)
+        except (OSError, RuntimeError) as exc:
+            from stfeat._faults import disk_error, is_write_failure
+
+            if not is_write_failure(exc):
+                raise
+            raise disk_error(part, exc) from None
         slide_path = getattr(sample.slide, "path", "")
         C._set_attrs(f, {
             "schema_version": K.CACHE_SCHEMA_VERSION, "complete": False, "created": C.now_iso(), "completed": "",
@@ -387,8 +370,17 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
                 bar.close()
             writer.check()
         C.finalize(f, scales_um=scales)
+    except (OSError, RuntimeError, StfeatError) as exc:
+        from stfeat._faults import abandon, disk_error, is_write_failure
+
+        if not (is_write_failure(exc) or isinstance(exc, ResourceError)):
+            raise
+        abandon(f)  # closing an HDF5 file after a failed write crashes the process; leave it open
+        f = None
+        raise disk_error(part, exc) if not isinstance(exc, ResourceError) else exc from None
     finally:
-        f.close()
+        if f is not None:
+            f.close()
     os.replace(part, final)
     return status, n_computed
 
@@ -494,8 +486,8 @@ def extract_caches(
     refs = refs[rank::world]
     ident = encoder_identity(encoder, weights=weights, pretrained=pretrained)
     finals = [C.cache_path(root, ident.tag, r.sample_id) for r in refs]
-    plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite)
-             for p in finals]
+    plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite,
+                   sample_id=r.sample_id) for p, r in zip(finals, refs)]
     results: list[SampleResult] = []
 
     def report(r: SampleResult) -> None:
@@ -530,7 +522,7 @@ def extract_caches(
                 futures[work[j + 1]] = pool.submit(_load_sample, refs[work[j + 1]])
             with C.cache_lock(finals[i]):
                 plan = _plan(finals[i], ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px,
-                             overwrite=overwrite)  # again, under the lock: another rank may have finished it
+                             overwrite=overwrite, sample_id=refs[i].sample_id)  # again, under the lock: another rank may have finished it
                 if plan.action == "skip":
                     report(SampleResult(refs[i].sample_id, finals[i], "skipped", plan.n_spots, 0,
                                         time.perf_counter() - t0, plan.scales))

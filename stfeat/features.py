@@ -87,7 +87,8 @@ class SampleFeatures:
         path = Path(path)
         names = None if scales is None else [scale_name(s) for s in scales]
         try:
-            data = read_cache(path, scales=None if names is None else [float(s) for s in names])
+            data = read_cache(path, scales=None if names is None else [float(s) for s in names],
+                              sample_id=sample_id)
         except (OSError, KeyError) as exc:
             raise InputError(path, f"cannot read the feature cache ({exc}).",
                              "re-run `stfeat extract` for this sample (add --overwrite).") from None
@@ -97,7 +98,7 @@ class SampleFeatures:
             if absent:
                 raise InputError(path, f"the cache has no features at scale(s) {absent} um "
                                  f"(it has {sorted(feats, key=float)}).",
-                                 "extract them with `stfeat extract ... --scales` or choose cached scales.")
+                                 "extract them with `stfeat extract ... --scales-um` or choose cached scales.")
             feats = {s: feats[s] for s in names}
         attrs = dict(data.attrs)
         um = attrs.get("um_per_px")
@@ -205,7 +206,15 @@ class FeatureSet:
     @classmethod
     def from_caches(cls, samples: Sequence[tuple[str, str | None, Path, Sequence[str], str | Path | None]], *,
                     scales: Sequence[str | float] | None = None) -> "FeatureSet":
-        """Load caches: one ``(sample_id, patient, cache_path, sample_barcodes, sample_path)`` per sample."""
+        """Load caches: one ``(sample_id, patient, cache_path, sample_barcodes, sample_path)`` per sample.
+
+        The caches must agree on the encoder configuration (``stfeat.cache.check_compatible``); without
+        ``scales``, the scales every cache holds are used (a message names any left out).
+        """
+        from stfeat.cache import check_compatible, read_attrs
+
+        scales = check_compatible([(sid, Path(path), read_attrs(path)) for sid, _, path, _, _ in samples],
+                                  scales)
         out = []
         for sid, patient, path, barcodes, spath in samples:
             sf = SampleFeatures.from_cache(path, scales=scales, patient=patient, sample_id=sid)
@@ -235,6 +244,10 @@ class FeatureSet:
             raise InputError(paths[missing[0].sample_id], f"no feature cache for encoder {encoder!r} and sample(s) "
                              f"{[s.sample_id for s in missing]} in {cache_dir}.",
                              f"run `stfeat extract {target} --encoder {encoder} --cache-dir {cache_dir}{sc}` first.")
+        from stfeat.cache import check_compatible, read_attrs
+
+        scales_um = check_compatible([(s.sample_id, paths[s.sample_id], read_attrs(paths[s.sample_id]))
+                                      for s in loaded], scales_um)
         out = []
         for s in loaded:
             sf = SampleFeatures.from_cache(paths[s.sample_id], scales=scales_um, patient=s.patient,

@@ -36,8 +36,10 @@ def _finish(fig, save: str | Path | None, show: bool):
     if save is not None:
         path = Path(save)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        from stfeat._safe_write import tmp_path
+
+        tmp = tmp_path(path)  # created by us: a planted link at a guessable name is never followed
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
         os.replace(tmp, path)
     if show:
         try:

@@ -92,11 +92,12 @@ def save_resolved_config(ctx: Any, out_dir: str | Path, *, options: Any = None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESOLVED_CONFIG_NAME
     _keep_other_commands(path, doc, name)
-    tmp = path.with_name(path.name + ".tmp")
     header = (f"# Resolved options of `stfeat {name}` (stfeat {__version__}).\n"
               f"# Rerun with: stfeat --config {path.name} {name}\n")
-    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-    os.replace(tmp, path)
+    from stfeat._safe_write import write_text
+
+    # a fresh temporary file (never a planted link), renamed into place inside out_dir
+    write_text(path, header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None), root=out_dir)
     return path
 
 

@@ -31,6 +31,15 @@ def user_errors(func: F) -> F:
             raise
         except (StfeatError, FileNotFoundError) as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            from stfeat._faults import ABANDONED
+
+            if ABANDONED:  # HDF5 would crash closing a file whose writes failed: exit now, the file resumes
+                import os
+                import sys
+
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
             raise typer.Exit(1) from None
         except Exception as exc:  # noqa: BLE001 - the one place that reports bugs
             if kwargs.get("verbose"):

@@ -143,17 +143,17 @@ def check_compatible(entries: Sequence[tuple[str, Path, Mapping[str, Any]]],
             if miss:
                 raise InputError(path, f"holds no features at scale(s) {miss} um (it has "
                                  f"{sorted(have[sid], key=float)}).", "extract them with `stfeat extract ... "
-                                 "--scales`, or choose scales every sample has.")
+                                 "--scales-um`, or choose scales every sample has.")
         return want
     common = set.intersection(*have.values()) if have else set()
     union = set.union(*have.values()) if have else set()
     if not common:
         raise InputError(entries[0][1].parent, "no field of view is held by every feature cache ("
                          + "; ".join(f"{sid}: {sorted(v, key=float)}" for sid, v in have.items()) + ").",
-                         "extract a common --scales for every sample.")
+                         "extract a common --scales-um for every sample.")
     if common != union:
         short = {sid: sorted(union - v, key=float) for sid, v in have.items() if union - v}
-        log.warning("using the scales every sample has, %s um; left out %s um (%s lack them). Pass --scales, "
+        log.warning("using the scales every sample has, %s um; left out %s um (%s lack them). Pass --scales-um, "
                     "or extract the missing scales, to use them.", sorted(common, key=float),
                     sorted(union - common, key=float), ", ".join(f"{k}: {v}" for k, v in short.items()))
     return sorted(common, key=float)

@@ -251,7 +251,7 @@ def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None,
         missing = [s for s in names if s not in have]
         if missing:
             raise InputError(path, f"holds no features for scale(s) {missing} um (it has {have}).",
-                             "run `stfeat extract` with those --scales (they are added to the file).")
+                             "run `stfeat extract` with those --scales-um (they are added to the file).")
         names.sort(key=float)
         barcodes = f["barcodes"].asstr()[...].astype(str)
         n = len(barcodes)

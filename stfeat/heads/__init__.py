@@ -9,6 +9,7 @@ lgbm           :class:`LGBMHead`      LightGBM, one booster per gene, early stop
 mlp            :class:`MLPHead`       one-hidden-layer PyTorch MLP, early stopping
 attention      :class:`AttentionHead` spot token attends to its other scales and neighbours
 knn            :class:`KNNHead`       FAISS exemplar retrieval, similarity-weighted average
+contrastive    :class:`ContrastiveHead`  InfoNCE image-expression space, top-k training retrieval
 =============  =====================  =========================================================
 
 Every head: ``fit(X, Y)`` with X (n, d) float features and Y (n, n_genes); ``predict(X)``;
@@ -21,6 +22,7 @@ from __future__ import annotations
 from stfeat.heads._base import BaseHead
 from stfeat.heads._persist import load_head, save_head
 from stfeat.heads.attention import AttentionHead
+from stfeat.heads.contrastive import ContrastiveHead
 from stfeat.heads.gbm import LGBMHead
 from stfeat.heads.knn import KNNHead
 from stfeat.heads.linear import HestRidge, RidgeCVHead
@@ -28,7 +30,8 @@ from stfeat.heads.mlp import MLPHead
 
 #: name -> head class
 HEADS: dict[str, type[BaseHead]] = {
-    cls.name: cls for cls in (HestRidge, RidgeCVHead, LGBMHead, MLPHead, AttentionHead, KNNHead)
+    cls.name: cls for cls in (HestRidge, RidgeCVHead, LGBMHead, MLPHead, AttentionHead, KNNHead,
+                ContrastiveHead)
 }
 
 
@@ -52,4 +55,4 @@ def make_head(name: str, **params) -> BaseHead:
 
 
 __all__ = ["HEADS", "make_head", "save_head", "load_head", "BaseHead", "HestRidge", "RidgeCVHead",
-           "LGBMHead", "MLPHead", "AttentionHead", "KNNHead"]
+           "LGBMHead", "MLPHead", "AttentionHead", "KNNHead", "ContrastiveHead"]

@@ -162,10 +162,14 @@ def head_name(head: Any) -> str:
 
 def model_inputs(fs, ids: Sequence[str], layout: dict) -> dict[str, Any]:
     """Keyword inputs of fit/predict for one head: ``X`` plus, for token heads, ``rel_pos`` etc."""
+    # spot centres (um) and each row's sample, for heads whose fit/predict accept them by name
+    where = {"coords_um": np.concatenate([fs.samples[s].coords_um for s in ids]),
+             "sample_ids": np.asarray(fs.spot_samples(ids), dtype=str)}
     if layout["kind"] == "tokens":
         t = fs.tokens(ids, k=layout["k_neighbors"], neighbor_scale=layout.get("neighbor_scale"))
-        return {"X": t["X"], "rel_pos": t["rel_pos"], "token_type": t["token_type"], "mask": t["mask"]}
-    return {"X": fs.flat(ids, neighbor_mean=layout["neighbor_mean"], k=layout["k_neighbors"])}
+        return {"X": t["X"], "rel_pos": t["rel_pos"], "token_type": t["token_type"], "mask": t["mask"],
+                **where}
+    return {"X": fs.flat(ids, neighbor_mean=layout["neighbor_mean"], k=layout["k_neighbors"]), **where}
 
 
 def _optional_kwargs(method, inputs: dict) -> dict:

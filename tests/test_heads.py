@@ -22,6 +22,7 @@ FAST = {
     "knn": {"n_neighbors": 10},
     "contrastive": {"dim": 32, "hidden": 64, "n_neighbors": 20, "max_epochs": 40, "patience": 8,
                     "device": "cpu"},
+    "slide-transformer": {"d_model": 16, "max_epochs": 20, "patience": 5, "device": "cpu"},
 }
 
 
@@ -49,7 +50,7 @@ def fitted(data):
 
 def test_registry_and_make_head():
     assert set(HEADS) == {"hest-ridge", "ridge", "lgbm", "mlp", "attention", "knn",
-                          "contrastive"}
+                          "contrastive", "slide-transformer"}
     for name, cls in HEADS.items():
         head = make_head(name)
         assert isinstance(head, cls) and head.name == name

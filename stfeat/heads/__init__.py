@@ -10,11 +10,13 @@ mlp            :class:`MLPHead`       one-hidden-layer PyTorch MLP, early stoppi
 attention      :class:`AttentionHead` spot token attends to its other scales and neighbours
 knn            :class:`KNNHead`       FAISS exemplar retrieval, similarity-weighted average
 contrastive    :class:`ContrastiveHead`  InfoNCE image-expression space, top-k training retrieval
+slide-transformer  :class:`SlideTransformerHead`  transformer over chunks of a section's spots
 =============  =====================  =========================================================
 
 Every head: ``fit(X, Y)`` with X (n, d) float features and Y (n, n_genes); ``predict(X)``;
 ``get_params``/``set_params``/``clone``; ``save(dir)``/``load(dir)`` (no pickle, see
-:func:`save_head`). The attention head also takes token arrays (n, T, d) and ``rel_pos``.
+:func:`save_head`). The attention head also takes token arrays (n, T, d) and ``rel_pos``; the slide transformer takes
+``coords_um`` and ``sample_ids``.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from stfeat.heads.gbm import LGBMHead
 from stfeat.heads.knn import KNNHead
 from stfeat.heads.linear import HestRidge, RidgeCVHead
 from stfeat.heads.mlp import MLPHead
+from stfeat.heads.slide_transformer import SlideTransformerHead
 
 #: name -> head class
 HEADS: dict[str, type[BaseHead]] = {
     cls.name: cls for cls in (HestRidge, RidgeCVHead, LGBMHead, MLPHead, AttentionHead, KNNHead,
-                ContrastiveHead)
+                ContrastiveHead, SlideTransformerHead)
 }
 
 
@@ -55,4 +58,5 @@ def make_head(name: str, **params) -> BaseHead:
 
 
 __all__ = ["HEADS", "make_head", "save_head", "load_head", "BaseHead", "HestRidge", "RidgeCVHead",
-           "LGBMHead", "MLPHead", "AttentionHead", "KNNHead", "ContrastiveHead"]
+           "LGBMHead", "MLPHead", "AttentionHead", "KNNHead", "ContrastiveHead",
+           "SlideTransformerHead"]

@@ -352,3 +352,54 @@ def target_matrix(expr: Expression, genes: Sequence[str], transform: str = "log1
         log.warning("%s lacks %d target genes, taken as zero counts: %s", expr.sample_id, len(missing),
                     ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
     return transform_counts(counts, expr.library_size, transform)
+
+
+def smooth_targets(Y: np.ndarray, coords_um: np.ndarray, sample_ids: Sequence[str] | np.ndarray,
+                   radius_um: float) -> np.ndarray:
+    """Mean of each spot's targets over itself and the spots within ``radius_um``, per sample.
+
+    NH2ST's target smoothing (its 3 x 3 neighbourhood is ``radius_um`` = 1.5 pitches: 1.5 x
+    200 um on legacy ST, 1.5 x 100 um on Visium). Neighbours are looked up within the spot's own
+    sample only, so smoothing never mixes sections. Meant for TRAINING targets: the targets a
+    model is scored on must stay unsmoothed.
+
+    Parameters
+    ----------
+    Y
+        Targets, (n, g) (or (n,)).
+    coords_um
+        Spot centres in micrometres, (n, 2).
+    sample_ids
+        The sample of each row, (n,).
+    radius_um
+        Neighbourhood radius (inclusive), > 0.
+
+    Returns
+    -------
+    ndarray
+        Smoothed targets, same shape as ``Y``, float64.
+    """
+    import scipy.sparse as sp
+    from scipy.spatial import cKDTree
+
+    Y = np.asarray(Y, dtype=np.float64)
+    coords = np.asarray(coords_um, dtype=np.float64)
+    sids = np.asarray(sample_ids).astype(str)
+    n = len(Y)
+    if coords.shape != (n, 2) or sids.shape != (n,):
+        raise ValueError(f"coords_um must be (n, 2) and sample_ids (n,) for n = {n} rows of Y; got "
+                         f"{coords.shape} and {sids.shape}. Fix: pass one position and one sample "
+                         "id per spot, in Y's row order.")
+    if not float(radius_um) > 0:
+        raise ValueError(f"radius_um must be > 0; got {radius_um}. Fix: e.g. 1.5 spot pitches.")
+    rows, cols = [], []
+    for s in np.unique(sids):
+        idx = np.flatnonzero(sids == s)
+        pairs = cKDTree(coords[idx]).query_pairs(float(radius_um) * (1 + 1e-9), output_type="ndarray")
+        rows += [idx, idx[pairs[:, 0]], idx[pairs[:, 1]]]
+        cols += [idx, idx[pairs[:, 1]], idx[pairs[:, 0]]]
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    A = sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
+    A = sp.diags(1.0 / np.asarray(A.sum(axis=1)).ravel()) @ A
+    out = A @ Y.reshape(n, -1)
+    return out.reshape(Y.shape)

@@ -18,7 +18,9 @@ from stfeat.encoders.base import aliases_of, get_factory
 ALL = [s.name for s in list_encoders()]
 REQUIRED = {"uni", "uni2-h", "conch", "virchow2", "h-optimus-0", "h-optimus-1", "phikon-v2", "gigapath",
             "virchow", "phikon", "ctranspath", "h0-mini", "kaiko-vitb8", "lunit-vits8", "hibou-l", "midnight",
-            "resnet50-trunc", "densenet121", "efficientnet-lite0", "classical", "conch-v1.5"}
+            "resnet50-trunc", "densenet121", "efficientnet-lite0", "classical", "conch-v1.5",
+            # issue 11: the papers' and leaderboards' encoders
+            "ciga-resnet18", "gpfm", "openmidnight", "kaiko-vitb16", "kaiko-vitl14", "h0-mini-clsmean"}
 
 
 def _missing_package(spec: EncoderSpec) -> str | None:
@@ -45,7 +47,9 @@ def test_spec_is_consistent(name):
     assert s.precision in {"fp32", "fp16", "bf16"}
     assert len(s.mean) == 3 and len(s.std) == 3 and all(v > 0 for v in s.std)
     assert s.input_px in {224, 448}
-    if s.family not in {"classical", "imagenet"}:
+    if s.family == "ciga":  # GitHub-release weights, mixed-resolution pretraining: said in notes
+        assert s.hub_id is None and s.um_per_px is None and "--weights" in s.notes
+    elif s.family not in {"classical", "imagenet"}:
         assert s.hub_id and "/" in s.hub_id and s.um_per_px == 0.5
     json.dumps(s.to_dict())  # feeds the cache's config hash: must be plain JSON
 
@@ -60,6 +64,35 @@ def test_pinned_facts():
     assert get_spec("conch").mean[0] == pytest.approx(0.48145466) and get_spec("conch").input_px == 448
     assert get_spec("midnight").embed_dim == 3072 and get_spec("efficientnet-lite0").mean == (0.5, 0.5, 0.5)
     assert get_spec("uni").hub_id == "MahmoodLab/UNI" and get_spec("uni").gated
+    # h0-mini = HEST leaderboard pooling (CLS only); the card's CLS + patch mean has its own name
+    assert (get_spec("h0-mini").embed_dim, get_spec("h0-mini").pooling) == (768, "cls")
+    assert get_spec("h0-mini-cls").name == "h0-mini"
+    assert get_spec("h0-mini-clsmean").embed_dim == 1536
+    assert get_spec("h0-mini-clsmean").pooling == "cls+mean(tokens[5:])"
+    assert (get_spec("gpfm").embed_dim, get_spec("openmidnight").embed_dim) == (1024, 1536)
+    assert get_spec("openmidnight").gated and not get_spec("gpfm").gated
+    assert get_spec("kaiko-vitl14").model_kwargs["img_size"] == 518
+    assert get_spec("kaiko-vitb16").mean == (0.5, 0.5, 0.5) and get_spec("ciga-resnet18").embed_dim == 512
+
+
+def test_checkpoint_layouts_of_new_encoders(tmp_path):
+    """Ciga's Lightning keys (model./resnet. prefixes, fc head) and DINOv2-code backbone. prefixes load."""
+    from safetensors.torch import save_file
+
+    ref = create_encoder("ciga-resnet18", tiny=True)
+    sd = {"model." + k: v.clone() for k, v in ref.model.state_dict().items()}
+    sd["model.fc.0.weight"] = torch.zeros(4, 512)  # SimCLR projection head: ignored
+    save_file(sd, str(tmp_path / "tenpercent.safetensors"))
+    enc = create_encoder("ciga-resnet18", tiny=True, weights=tmp_path / "tenpercent.safetensors")
+    x = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
+    torch.testing.assert_close(enc(x), ref(x))
+    for name in ("gpfm", "openmidnight"):
+        ref = create_encoder(name, tiny=True)
+        inner = getattr(ref.model, "model", ref.model)
+        sd = {"backbone." + k: v.clone() for k, v in inner.state_dict().items()}
+        save_file(sd, str(tmp_path / f"{name}.safetensors"))
+        enc = create_encoder(name, tiny=True, weights=tmp_path / f"{name}.safetensors")
+        torch.testing.assert_close(enc(x), ref(x))
 
 
 def test_glob_aliases_and_unknown_names():

@@ -20,6 +20,9 @@ FAST = {
     "mlp": {"hidden": 64, "max_epochs": 40, "patience": 8, "device": "cpu"},
     "attention": {"d_model": 32, "max_epochs": 30, "patience": 6, "device": "cpu"},
     "knn": {"n_neighbors": 10},
+    "contrastive": {"dim": 32, "hidden": 64, "n_neighbors": 20, "max_epochs": 40, "patience": 8,
+                    "device": "cpu"},
+    "slide-transformer": {"d_model": 16, "max_epochs": 20, "patience": 5, "device": "cpu"},
 }
 
 
@@ -46,7 +49,8 @@ def fitted(data):
 
 
 def test_registry_and_make_head():
-    assert set(HEADS) == {"hest-ridge", "ridge", "lgbm", "mlp", "attention", "knn"}
+    assert set(HEADS) == {"hest-ridge", "ridge", "lgbm", "mlp", "attention", "knn",
+                          "contrastive", "slide-transformer"}
     for name, cls in HEADS.items():
         head = make_head(name)
         assert isinstance(head, cls) and head.name == name
@@ -92,7 +96,7 @@ def test_one_dimensional_target(name, data):
     assert head.predict(Xte).shape == (len(Xte),)
 
 
-@pytest.mark.parametrize("name", ["mlp", "attention", "lgbm", "hest-ridge"])
+@pytest.mark.parametrize("name", ["mlp", "attention", "lgbm", "hest-ridge", "contrastive"])
 def test_deterministic(name, data, fitted):
     Xtr, Ytr, Xte, _ = data
     again = make_head(name, **FAST[name]).fit(Xtr, Ytr)

@@ -55,8 +55,10 @@ def encoder_table() -> str:
     rows = ["| name | family | input | trained at | dim | gated | license | weights from |",
             "|---|---|---|---|---|---|---|---|"]
     for s in list_encoders():
-        um = "any (ImageNet)" if s.um_per_px is None else f"{s.um_per_px:g} um/px"
-        hub = f"`{s.hub_id}`" if s.hub_id else "none needed"
+        um = ("mixed (pretraining)" if s.family == "ciga" else "any (ImageNet)") \
+            if s.um_per_px is None else f"{s.um_per_px:g} um/px"
+        hub = f"`{s.hub_id}`" if s.hub_id else \
+            ("GitHub release file, `--weights`" if "--weights" in s.notes else "none needed")
         rows.append(f"| `{s.name}` | {s.family} | {s.input_px} px | {um} | {s.embed_dim} | "
                     f"{'yes' if s.gated else 'no'} | {s.license} | {hub} |")
     return "\n".join(rows)

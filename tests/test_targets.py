@@ -73,3 +73,27 @@ def test_absent_gene_in_a_sample_is_zero_and_duplicates_summed():
     assert e.counts.toarray().tolist() == [[3, 3]]
     Y = target_matrix(e, ["B", "MISSING"], "raw")
     assert Y.tolist() == [[3, 0]]
+
+
+def test_smooth_targets_neighbourhood_within_samples():
+    from stfeat.targets import smooth_targets
+
+    # two samples on the same 3 x 3 grid (200 um pitch): smoothing must never mix them
+    grid = np.stack(np.meshgrid(np.arange(3), np.arange(3)), -1).reshape(-1, 2) * 200.0
+    coords = np.concatenate([grid, grid])
+    sids = np.array(["a"] * 9 + ["b"] * 9)
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((18, 2))
+    S = smooth_targets(Y, coords, sids, radius_um=1.5 * 200)  # 3 x 3 neighbourhood
+    np.testing.assert_allclose(S[4], Y[:9].mean(0))  # the centre spot: all 9 of its sample
+    np.testing.assert_allclose(S[13], Y[9:].mean(0))
+    np.testing.assert_allclose(S[0], Y[[0, 1, 3, 4]].mean(0))  # a corner: itself + 3
+    # radius below the pitch: every spot is its own neighbourhood
+    np.testing.assert_allclose(smooth_targets(Y, coords, sids, 100.0), Y)
+    # 4-neighbourhood at exactly one pitch (inclusive)
+    np.testing.assert_allclose(smooth_targets(Y[:, 0], coords, sids, 200.0)[4],
+                               Y[[1, 3, 4, 5, 7], 0].mean())
+    with pytest.raises(ValueError, match="radius_um"):
+        smooth_targets(Y, coords, sids, 0)
+    with pytest.raises(ValueError, match="sample_ids"):
+        smooth_targets(Y, coords[:5], sids, 300)

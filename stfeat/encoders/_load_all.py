@@ -3,8 +3,10 @@
 from stfeat.encoders import (  # noqa: F401
     baselines,
     bioptimus,
+    ciga,
     classical,
     ctranspath,
+    dinov2_family,
     gigapath,
     hibou,
     kaiko,

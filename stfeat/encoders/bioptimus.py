@@ -42,9 +42,11 @@ _H0_KW = {"img_size": 224, "num_classes": 0, "global_pool": "", "dynamic_img_siz
 _H0_NOTE = ("ViT-B/14 with 4 registers and SwiGLU, distilled from H-optimus-0 (86M). Tokens = 1 CLS + "
             "4 registers + 256 patches. Sizes not pinned here (mlp_ratio, init_values) come from the "
             "timm config.json beside the weights (hub snapshot or your folder), as timm does.")
+# ``h0-mini`` is the pooling of HEST's leaderboard (and TRIDENT's default): CLS only, 768-d.
+# The model card's CLS ⊕ patch-mean embedding (1536-d) is ``h0-mini-clsmean``.
 for _name, _pool, _dim, _aliases in (
-    ("h0-mini", "cls+mean", 1536, ("h0mini", "h0_mini")),
-    ("h0-mini-cls", "cls", 768, ("h0mini-cls",)),
+    ("h0-mini", "cls", 768, ("h0mini", "h0_mini", "h0-mini-cls", "h0mini-cls")),
+    ("h0-mini-clsmean", "cls+mean", 1536, ("h0-mini-1536", "h0mini-clsmean")),
 ):
     register_timm(
         EncoderSpec(
@@ -62,8 +64,10 @@ for _name, _pool, _dim, _aliases in (
             arch="vit_base_patch14_reg4_dinov2",
             pooling="cls+mean(tokens[5:])" if _pool == "cls+mean" else "cls",
             model_kwargs=dict(_H0_KW),
-            notes=_H0_NOTE + (" Embedding as on the model card: CLS ⊕ patch mean." if _pool != "cls"
-                              else " CLS only (TRIDENT/HEST default)."),
+            notes=_H0_NOTE + (" Embedding as on the model card: CLS ⊕ patch mean (slide2vec's "
+                              "default); not what HEST's leaderboard scores." if _pool != "cls"
+                              else " CLS only: the pooling of HEST's leaderboard number and "
+                              "TRIDENT's default (use h0-mini-clsmean for the card's 1536-d)."),
         ),
         aliases=_aliases,
         pool=_pool,

@@ -9,11 +9,14 @@ lgbm           :class:`LGBMHead`      LightGBM, one booster per gene, early stop
 mlp            :class:`MLPHead`       one-hidden-layer PyTorch MLP, early stopping
 attention      :class:`AttentionHead` spot token attends to its other scales and neighbours
 knn            :class:`KNNHead`       FAISS exemplar retrieval, similarity-weighted average
+contrastive    :class:`ContrastiveHead`  InfoNCE image-expression space, top-k training retrieval
+slide-transformer  :class:`SlideTransformerHead`  transformer over chunks of a section's spots
 =============  =====================  =========================================================
 
 Every head: ``fit(X, Y)`` with X (n, d) float features and Y (n, n_genes); ``predict(X)``;
 ``get_params``/``set_params``/``clone``; ``save(dir)``/``load(dir)`` (no pickle, see
-:func:`save_head`). The attention head also takes token arrays (n, T, d) and ``rel_pos``.
+:func:`save_head`). The attention head also takes token arrays (n, T, d) and ``rel_pos``; the slide transformer takes
+``coords_um`` and ``sample_ids``.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ from __future__ import annotations
 from stfeat.heads._base import BaseHead
 from stfeat.heads._persist import load_head, save_head
 from stfeat.heads.attention import AttentionHead
+from stfeat.heads.contrastive import ContrastiveHead
 from stfeat.heads.gbm import LGBMHead
 from stfeat.heads.knn import KNNHead
 from stfeat.heads.hest_ridge import HestRidge
 from stfeat.heads.ridge import RidgeCVHead
 from stfeat.heads.mlp import MLPHead
+from stfeat.heads.slide_transformer import SlideTransformerHead
 
 #: name -> head class
 HEADS: dict[str, type[BaseHead]] = {
-    cls.name: cls for cls in (HestRidge, RidgeCVHead, LGBMHead, MLPHead, AttentionHead, KNNHead)
+    cls.name: cls for cls in (HestRidge, RidgeCVHead, LGBMHead, MLPHead, AttentionHead, KNNHead,
+                ContrastiveHead, SlideTransformerHead)
 }
 
 
@@ -60,4 +66,5 @@ Attention = AttentionHead
 KNN = KNNHead
 
 __all__ = ["RidgeCV", "LGBM", "MLP", "Attention", "KNN", "HEADS", "make_head", "save_head", "load_head", "BaseHead", "HestRidge", "RidgeCVHead",
-           "LGBMHead", "MLPHead", "AttentionHead", "KNNHead"]
+           "LGBMHead", "MLPHead", "AttentionHead", "KNNHead", "ContrastiveHead",
+           "SlideTransformerHead"]

@@ -73,7 +73,8 @@ def pearson_loss(pred, target, eps: float = 1e-6):
 
 def train_early_stopping(module, forward: Callable, train: Sequence, valid: Sequence, *,
                          loss_fn: Callable, lr: float, weight_decay: float, batch_size: int,
-                         max_epochs: int, patience: int, seed: int, device) -> dict:
+                         max_epochs: int, patience: int, seed: int, device,
+                         min_batch: int = 2) -> dict:
     """Train ``module`` with AdamW and keep the state with the lowest validation loss.
 
     Parameters
@@ -88,6 +89,9 @@ def train_early_stopping(module, forward: Callable, train: Sequence, valid: Sequ
         ``loss_fn(prediction, target) -> scalar``.
     seed
         Seeds the batch order; dropout uses torch's global generator, which the caller seeds.
+    min_batch
+        Smaller trailing batches are skipped (2: a batch statistic needs two rows; heads whose
+        rows are whole chunks of spots use 1).
 
     Returns
     -------
@@ -122,7 +126,7 @@ def train_early_stopping(module, forward: Callable, train: Sequence, valid: Sequ
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
-            if len(idx) < 2:
+            if len(idx) < min_batch:
                 continue
             batch = [t[idx].to(device, non_blocking=non_blocking) for t in train]
             loss = loss_fn(forward(module, *batch[:-1]), batch[-1])

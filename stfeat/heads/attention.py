@@ -161,10 +161,21 @@ class AttentionHead(BaseHead):
     inner validation split (whole groups when given). CUDA when available, else CPU;
     deterministic on CPU for a fixed ``random_state``.
 
+    ``mode="nh2st"`` (after NH2ST): the spot's own tokens cross-attend to its neighbours'
+    tokens (plus a learned null token) instead of one query attending to all, and training adds
+    ``contrastive_weight`` x two InfoNCE losses (temperature ``contrastive_temperature``, NH2ST's
+    0.05) that align the target branch's image embedding with the spot's expression and the
+    neighbour branch's image embedding with the neighbours' mean expression (found through
+    ``coords_um``/``sample_ids``; without them only the first). Early stopping watches the MSE.
+
     Parameters
     ----------
     d_model, n_heads, n_layers
         Width, attention heads, attention blocks.
+    mode
+        ``"query"`` (one query token attends to all tokens) or ``"nh2st"``.
+    contrastive_weight, contrastive_temperature
+        Weight and temperature of the NH2ST auxiliary losses.
     dropout, input_dropout
         Dropout in the blocks and on the input features.
     lr, weight_decay, batch_size, max_epochs, patience
@@ -193,7 +204,11 @@ class AttentionHead(BaseHead):
     Attributes
     ----------
     module_ : torch.nn.Module (on CPU after fit); baseline_ : RidgeCVHead or None;
-    n_own_ : int (own tokens); token_type_ : ndarray (T,); best_epoch_ : int; history_ : list.
+    n_own_ : int (own tokens); token_type_ : ndarray (T,); best_epoch_ : int; history_ : list;
+    residual_share_ : float, the share of the prediction's variance on the inner validation
+    spots that comes from the attention residual (the rest from the ridge skip path);
+    reduced_to_skip_ : bool, True when early stopping kept the untrained residual, so the head
+    predicts exactly what its ridge skip path predicts.
     """
 
     name = "attention"
@@ -205,7 +220,12 @@ class AttentionHead(BaseHead):
                  patience: int = 10, corr_weight: float = 0.0, baseline: str | None = "ridge",
                  baseline_alphas=None, pos_scale_um: float | None = None, n_pos_freqs: int = 4,
                  validation_fraction: float = 0.15, device: str = "auto",
-                 n_jobs: int | None = None, random_state: int | None = 0):
+                 n_jobs: int | None = None, random_state: int | None = 0,
+                 mode: str = "query", contrastive_weight: float = 0.1,
+                 contrastive_temperature: float = 0.05):
+        self.mode = mode
+        self.contrastive_weight = contrastive_weight
+        self.contrastive_temperature = contrastive_temperature
         self.d_model = d_model
         self.n_heads = n_heads
         self.n_layers = n_layers
@@ -228,9 +248,11 @@ class AttentionHead(BaseHead):
 
     # ------------------------------------------------------------------ input handling
     def _tokens(self, X, rel_pos, token_type, token_mask, fitting: bool):
-        from sklearn.utils.validation import check_array
+        if getattr(X, "ndim", 2) <= 2:  # plain features: sklearn's checks (sparse, NaN, empty)
+            from sklearn.utils.validation import check_array
 
-        X = check_array(X, dtype=np.float32, allow_nd=True, ensure_all_finite=False, input_name="X")
+            X = check_array(X, dtype=np.float32, input_name="X")
+        X = np.asarray(X, dtype=np.float32)
         if X.ndim == 2:
             X = X[:, None, :]
         if X.ndim != 3:
@@ -280,24 +302,25 @@ class AttentionHead(BaseHead):
         return X[:, :self.n_own_].reshape(len(X), -1)
 
     # ------------------------------------------------------------------ fit / predict
-    def fit(self, X, Y, rel_pos=None, token_type=None, token_mask=None, groups=None
-            ) -> "AttentionHead":
+    def fit(self, X, Y, rel_pos=None, token_type=None, token_mask=None, groups=None,
+            coords_um=None, sample_ids=None) -> "AttentionHead":
         """Train on tokens ``X`` (n, T, d) or features (n, d) and targets ``Y`` (n, g)."""
         import torch
 
-        from stfeat.heads._torch import (pearson_loss, cpu_threads, resolve_device, seeded,
-                                         torch_seed,
-                                         train_early_stopping)
+        from stfeat.heads._torch import (cpu_threads, pearson_loss, resolve_device, seeded,
+                                         torch_seed, train_early_stopping)
         from stfeat.heads.ridge import RidgeCVHead
 
         if self.baseline not in ("ridge", None):
             raise ValueError(f"baseline must be 'ridge' or None; got {self.baseline!r}.")
+        if self.mode not in ("query", "nh2st"):
+            raise ValueError(f"mode must be 'query' or 'nh2st'; got {self.mode!r}.")
         if Y is None:
             raise ValueError("AttentionHead requires y to be passed, but the target y is None. Fix: pass the "
                              "expression targets (spots x genes).")
         X, rel, types, mask = self._tokens(X, rel_pos, token_type, token_mask, fitting=True)
-        Y = np.asarray(Y, dtype=np.float64)
         self._check_xy(X[:, 0], Y)  # n_features_in_, n_outputs_, 1-D handling
+        Y = np.asarray(Y, dtype=np.float64)
         Y = Y.reshape(len(Y), -1)
         n, T, d = X.shape
         self.token_type_ = types
@@ -340,7 +363,9 @@ class AttentionHead(BaseHead):
             # spots: out-of-fold predictions, so the network learns from residuals as large as
             # those it will meet on new spots (in-sample ridge residuals are too small)
             splits = [(tr, va)] + self._oof_splits(tr, None if g_all is None else g_all[tr], seed)
-            B = (_heldout_ridge(own, Y, alpha, splits) - self.y_mean_) / self.y_scale_
+            from stfeat.heads.slide_transformer import oof_ridge
+
+            B = (oof_ridge(own, Y, alpha, splits) - self.y_mean_) / self.y_scale_
         else:
             base, B = None, np.zeros_like(Ys)
         Xs = torch.from_numpy(self._standardize(X, mask))
@@ -358,13 +383,35 @@ class AttentionHead(BaseHead):
         def forward(m, x, r, v, b):
             return b + m(x, r, typest, v)
 
+        tensors = [Xs, relt, maskt, Bt, Yt]
+        if self.mode == "nh2st":
+            from stfeat.heads._nh2st import neighbour_targets
+
+            # neighbours' expression from inner-training rows only (no validation leak)
+            Ynb, nb_ok = neighbour_targets(Ys, rel, mask, self.n_own_, coords_um, sample_ids,
+                                           allowed=np.isin(np.arange(n), tr))
+            tensors = [Xs, relt, maskt, Bt, Yt, torch.from_numpy(Ynb), torch.from_numpy(nb_ok), Yt]
+            cwt, tau = float(self.contrastive_weight), float(self.contrastive_temperature)
+            base_loss = loss_fn
+
+            def forward(m, x, r, v, b, y, ynb, ok):  # noqa: F811
+                if not m.training:
+                    return b + m(x, r, typest, v), None
+                pred, aux = m(x, r, typest, v, y, ynb, ok, tau)
+                return b + pred, aux
+
+            def loss_fn(out, target):  # noqa: F811
+                pred, aux = out
+                loss = base_loss(pred, target)
+                return loss if aux is None else loss + cwt * aux
+
         trt, vat = torch.from_numpy(tr), torch.from_numpy(va)
         work = int(self.batch_size) * T * d * int(self.d_model)
         with seeded(seed, device), cpu_threads(self.n_jobs, work, device):
             module = self._new_module(d, n_types).to(device)
             info = train_early_stopping(
-                module, forward, [t[trt] for t in (Xs, relt, maskt, Bt, Yt)],
-                [t[vat] for t in (Xs, relt, maskt, Bt, Yt)], loss_fn=loss_fn, lr=self.lr,
+                module, forward, [t[trt] for t in tensors],
+                [t[vat] for t in tensors], loss_fn=loss_fn, lr=self.lr,
                 weight_decay=self.weight_decay, batch_size=int(self.batch_size),
                 max_epochs=int(self.max_epochs), patience=int(self.patience), seed=seed,
                 device=device)
@@ -372,9 +419,16 @@ class AttentionHead(BaseHead):
         self.module_ = module.cpu().eval()
         self.best_epoch_ = int(info["best_epoch"])
         self.history_ = info["history"]
-        logger.info("attention: %d tokens (%d own), best epoch %d, validation loss %.4f "
-                    "(baseline only %.4f)", T, self.n_own_, self.best_epoch_,
-                    info["best_val_loss"], info["history"][0])
+        with torch.no_grad():
+            R = self.module_(Xs[vat], relt[vat], typest.cpu(), maskt[vat]).double().numpy()
+        r_var, b_var = float(R.var(0).sum()), float(B[va].var(0).sum())
+        self.residual_share_ = r_var / (r_var + b_var) if r_var + b_var > 0 else 0.0
+        self.reduced_to_skip_ = bool(base is not None and self.best_epoch_ == 0)
+        logger.info("attention (%s): %d tokens (%d own), best epoch %d, validation loss %.4f "
+                    "(baseline only %.4f), residual share %.3f%s", self.mode, T, self.n_own_,
+                    self.best_epoch_, info["best_val_loss"], info["history"][0],
+                    self.residual_share_, " (reduced to its ridge skip path)"
+                    if self.reduced_to_skip_ else "")
         return self
 
     @staticmethod
@@ -389,8 +443,12 @@ class AttentionHead(BaseHead):
         return [(idx[f], idx[p]) for f, p in folds]
 
     def _new_module(self, d, n_types):
-        from stfeat.heads._attn_net import AttnNet
+        from stfeat.heads._attn_net import AttnNet, NH2STNet
 
+        if self.mode == "nh2st":
+            return NH2STNet(d, n_types, int(self.d_model), int(self.n_heads), int(self.n_layers),
+                            self.n_outputs_, float(self.dropout), float(self.input_dropout),
+                            int(self.n_pos_freqs), self.n_own_)
         return AttnNet(d, n_types, int(self.d_model), int(self.n_heads), int(self.n_layers),
                          self.n_outputs_, float(self.dropout), float(self.input_dropout),
                          int(self.n_pos_freqs))
@@ -428,6 +486,8 @@ class AttentionHead(BaseHead):
 
         meta = self._base_meta() | {"n_own_": self.n_own_, "pos_scale_": self.pos_scale_,
                                     "best_epoch_": self.best_epoch_, "history_": self.history_,
+                                    "residual_share_": self.residual_share_,
+                                    "reduced_to_skip_": self.reduced_to_skip_,
                                     "has_baseline": self.baseline_ is not None}
         arrays = {"token_type_": self.token_type_, "tok_mean_": self.tok_mean_,
                   "tok_scale_": self.tok_scale_, "y_mean_": self.y_mean_,
@@ -448,6 +508,8 @@ class AttentionHead(BaseHead):
         self.pos_scale_ = float(meta["pos_scale_"])
         self.best_epoch_ = int(meta["best_epoch_"])
         self.history_ = list(meta["history_"])
+        self.residual_share_ = float(meta.get("residual_share_", float("nan")))
+        self.reduced_to_skip_ = bool(meta.get("reduced_to_skip_", False))
         for key in ("token_type_", "tok_mean_", "tok_scale_", "y_mean_", "y_scale_"):
             setattr(self, key, arrays[key])
         self.baseline_ = None

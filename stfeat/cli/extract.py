@@ -20,6 +20,12 @@ class Dtype(str, enum.Enum):
     float32 = "float32"
 
 
+class Mode(str, enum.Enum):
+    auto = "auto"
+    crop = "crop"
+    dense = "dense"
+
+
 
 def _check_shard(text: str | None) -> str | None:
     if text is None:
@@ -56,6 +62,9 @@ def extract_cmd(
                                                        "overriding the samples' own.")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random (seeded) weights instead "
                                                  "of pretrained ones: benchmarks only.")] = False,
+    mode: Annotated[Mode, typer.Option(help="crop: one forward per spot and field of view; dense: one per tissue "
+                                       "tile, features pooled from its token map; auto: dense for bins/cells "
+                                       "(points < 50 um apart), crop for spots.")] = Mode.auto,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Extract multi-scale encoder features of every spot into the HDF5 feature cache.
@@ -83,7 +92,7 @@ def extract_cmd(
     paths = extract(path, encoder=encoder, weights=weights, scales_um=scale_list, cache_dir=root,
                     k_neighbors=k_neighbors, batch_size=batch_size, num_workers=workers, device=device,
                     overwrite=overwrite, shard=shard, dtype=dtype.value, um_per_px=um_per_px,
-                    pretrained=not random_weights, progress=True, on_sample=on_sample)
+                    pretrained=not random_weights, progress=True, on_sample=on_sample, mode=mode.value)
     from stfeat.config import save_resolved_config
 
     for folder in sorted({p.parent for p in paths}):  # one per encoder tag, next to the caches

@@ -118,3 +118,27 @@ def make_xenium(root: Path, *, n_cells: int = 60, n_genes: int = 5, pixel_size: 
         np.savetxt(outs / "test_he_imagealignment.csv", A, delimiter=",")
     return {"outs": outs, "he": he, "A": A, "ids": ids, "X": X[:, :n_genes], "genes": genes[:n_genes],
             "he_um_per_px": he_um_per_px, "pixel_size": ps}
+
+
+def add_spatialdata_io_extras_hd(outs: Path) -> None:
+    """feature_slice.h5 with the metadata attrs spatialdata-io's visium_hd reader parses (identity transforms)."""
+    import h5py
+
+    eye = [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]
+    meta = {"transform_matrices": {k: eye for k in ("cytassist_colrow_to_spot_colrow", "spot_colrow_to_cytassist_colrow",
+                                                    "microscope_colrow_to_spot_colrow", "spot_colrow_to_microscope_colrow")},
+            "hd_layout_json": json.dumps({"transform": eye, "file_format": "1.0"})}
+    with h5py.File(outs / "feature_slice.h5", "w") as f:
+        f.attrs["metadata_json"] = json.dumps(meta)
+
+
+def add_spatialdata_io_extras_xenium(outs: Path) -> None:
+    """An empty cells.zarr.zip (a pre-1.3 Xenium layout: cell ids come from cells.parquet)."""
+    import zarr
+
+    specs = json.loads((outs / "experiment.xenium").read_text())
+    specs["analysis_sw_version"] = "xenium-1.2.0.0"
+    (outs / "experiment.xenium").write_text(json.dumps(specs))
+    store = zarr.storage.ZipStore(outs / "cells.zarr.zip", mode="w")
+    zarr.group(store=store)
+    store.close()

@@ -10,12 +10,13 @@ from stfeat.io import anndata_reader as A
 from stfeat.io import legacy_st as L
 from stfeat.io import spaceranger as S
 from stfeat.io import visium_hd as HD
+from stfeat.io import spatialdata_io as SD
 from stfeat.io import xenium as XE
 from stfeat.io.sample import Sample
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("legacy-st", "spaceranger", "visium-hd", "xenium", "hest", "anndata")
+FORMATS = ("legacy-st", "spaceranger", "visium-hd", "xenium", "spatialdata", "hest", "anndata")
 
 
 def detect_format(path: str | Path) -> str:
@@ -38,6 +39,8 @@ def detect_format(path: str | Path) -> str:
         return "visium-hd"
     if XE.xenium_outs(p) is not None:
         return "xenium"
+    if SD.is_spatialdata(p):
+        return "spatialdata"
     if S.outs_dir(p) is not None:
         return "spaceranger"
     if A.is_hest_root(p):
@@ -124,6 +127,8 @@ def read_sample(
     if kind == "xenium":
         return XE.read_xenium(p, image=img, um_per_px=um_per_px, sample_id=sample_id, patient=patient,
                               alignment=Path(alignment) if alignment is not None else None)
+    if kind == "spatialdata":
+        return SD.read_spatialdata(p, um_per_px=um_per_px, sample_id=sample_id, patient=patient)
     if kind == "hest":
         return A.read_hest(p, image=img, um_per_px=um_per_px, sample_id=sample_id, patient=patient,
                            allow_normalized=allow_normalized)

@@ -162,3 +162,22 @@ def test_auto_keeps_crop_for_visium_spots(tmp_path):
     (path,) = extract([sample], encoder=_patch_encoder(), scales_um=[32.0], cache_dir=tmp_path / "c", k_neighbors=0)
     with h5py.File(path, "r") as f:
         assert f.attrs["extraction_mode"] == "crop" and "spots" in f.attrs["extraction_mode_reason"]
+
+
+def test_cli_extract_mode_dense_on_visium_hd(tmp_path):
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from stfeat.cli import app
+
+    make_visium_hd(tmp_path / "HD1", bins=(8,), extent_um=160.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = CliRunner().invoke(app, ["extract", str(tmp_path / "HD1"), "--encoder", "resnet50-trunc", "--random-weights",
+                                     "--scales", "64", "--mode", "dense", "--cache-dir", str(tmp_path / "c"),
+                                     "--k-neighbors", "0"])
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "c" / "resnet50-trunc" / "HD1.h5", "r") as f:
+        assert f.attrs["extraction_mode"] == "dense" and f.attrs["extraction_mode_reason"] == "requested"
+        assert int(f.attrs["dense_forwards"]) == 1 and f["done/64"][...].all()

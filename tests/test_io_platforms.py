@@ -103,3 +103,18 @@ def test_xenium_without_alignment_warns_identity(tmp_path):
     with pytest.warns(UserWarning, match="no alignment matrix"):
         s = read_sample(tmp_path / "X1")
     assert s.um_per_px == pytest.approx(0.2125)
+
+
+def test_manifest_columns_pick_bin_size_and_alignment(tmp_path):
+    t = make_visium_hd(tmp_path / "HD1", bins=(8, 16))
+    x = make_xenium(tmp_path / "X1")
+    aln = x["outs"] / "test_he_imagealignment.csv"
+    moved = tmp_path / "my_alignment.csv"
+    aln.rename(moved)
+    save_image(tmp_path / "full.png", t["full"])
+    (tmp_path / "m.csv").write_text("sample_id,patient,path,image,bin_size_um,alignment\n"
+                                    "HD1,P1,HD1,full.png,16,\nX1,P2,X1,,,my_alignment.csv\n")
+    hd, xe = (r.load() for r in resolve_samples(tmp_path / "m.csv"))
+    assert hd.meta["bin_size_um"] == 16 and hd.n_spots == len(t["bins"][16]["barcodes"])
+    np.testing.assert_allclose(xe.coords, x["he"], atol=1e-6)
+    assert xe.patient == "P2"

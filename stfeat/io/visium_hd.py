@@ -69,7 +69,8 @@ def _bin_dir(outs: Path, given: Path | None, bin_size_um: float | None) -> Path:
         have = available_bins(binned)
         raise InputError(
             d, f"there is no {d.name}/ folder: this run holds bins of {', '.join(f'{h} um' for h in have) or 'no size'}.",
-            f"pick one of those (bin_size_um=... / --bin-size), or copy binned_outputs/{d.name}/ from Space Ranger.",
+            f"pick one of those (read_sample(..., bin_size_um=N), or a bin_size_um column in a manifest), or copy "
+            f"binned_outputs/{d.name}/ from Space Ranger.",
         )
     for need in ("spatial",):
         if not (d / need).is_dir():

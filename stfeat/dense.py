@@ -316,6 +316,19 @@ def resolve_mode(mode: str, coords_um: np.ndarray, encoder: "Encoder | None" = N
     return "dense", f"auto: median point spacing {sp:.1f} um <= {AUTO_DENSE_SPACING_UM:g} um (bins/cells)"
 
 
+def cache_mode(f: Any, path: Any, mode: str, coords_um: np.ndarray, encoder: "Encoder", masks: dict) -> str:
+    """Resolve the mode of one cache file, refuse to mix modes in it, and record it in its attrs."""
+    from stfeat import cache as C
+
+    m, why = resolve_mode(mode, coords_um, encoder)
+    prev = f.attrs.get("extraction_mode")
+    if prev is not None and str(prev) != m and any(v.any() for v in masks.values()):
+        raise InputError(path, f"holds {prev}-mode features, not {m}-mode ones ({why}).",
+                         "pass --overwrite to recompute it, or use another --cache-dir.")
+    C._set_attrs(f, {"extraction_mode": m, "extraction_mode_reason": why})
+    return m
+
+
 # ---------------------------------------------------------------- tissue
 def tissue_mask(slide: Any, *, max_px: int = 1024) -> tuple[np.ndarray, float]:
     """Boolean tissue mask of the thumbnail and its scale (thumbnail px per level-0 px).
@@ -364,8 +377,7 @@ __all__ = ["MODES", "AUTO_DENSE_SPACING_UM", "DenseStats", "TilePlan", "dense_fe
 
 # ---------------------------------------------------------------- into an open cache file
 def write_dense(f: Any, slide: Any, coords: np.ndarray, scales_um: Sequence[float], *, encoder: "Encoder",
-                um_per_px: float, dtype: Any, tile_px: int | None = None, progress: bool = False,
-                callback: Any = None, sample_id: str = "", block_rows: int = 8192) -> tuple[int, DenseStats]:
+                um_per_px: float, dtype: Any, tile_px: int | None = None, callback: Any = None, sample_id: str = "", block_rows: int = 8192) -> tuple[int, DenseStats]:
     """Compute the missing rows of ``scales_um`` densely and write them into an open cache file.
 
     A scale is written in row blocks, each flagged done after its features, like crop mode; an
@@ -384,8 +396,8 @@ def write_dense(f: Any, slide: Any, coords: np.ndarray, scales_um: Sequence[floa
             continue
         t0 = time.perf_counter()
         feats, pads = dense_features(slide, coords[todo], encoder=encoder, scales_um=[s], um_per_px=um_per_px,
-                                     tile_px=tile_px, stats=stats, dtype=np.float32)
-        F, Pd = feats[name].astype(dtype), pads[name]
+                                     tile_px=tile_px, stats=stats, dtype=dtype)  # stored dtype: half the memory
+        F, Pd = feats[name], pads[name]
         for a in range(0, todo.size, block_rows):
             rows = todo[a:a + block_rows]
             lo, hi = int(rows[0]), int(rows[-1]) + 1

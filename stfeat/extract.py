@@ -390,18 +390,12 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
         # compute each scale that still has missing rows, block by block (fixed composition)
         todo_scales = [s for s in scales if not masks[C.scale_name(s)].all()]
         n_computed = 0
-        from stfeat.dense import resolve_mode, write_dense
+        from stfeat.dense import cache_mode, write_dense
 
-        m, why = resolve_mode(mode, coords * um, enc)  # recorded in the provenance; auto decides by density
-        prev = f.attrs.get("extraction_mode")
-        if prev is not None and str(prev) != m and any(v.any() for v in masks.values()):
-            raise InputError(part, f"holds {prev}-mode features, not {m}-mode ones ({why}).",
-                             "pass --overwrite to recompute it, or use another --cache-dir.")
-        C._set_attrs(f, {"extraction_mode": m, "extraction_mode_reason": why})
+        m = cache_mode(f, part, mode, coords * um, enc, masks)  # auto decides by density; recorded in attrs
         if todo_scales and m == "dense":
             n_computed, dstats = write_dense(f, sample.slide, coords, todo_scales, encoder=enc, um_per_px=um,
-                                             dtype=dtype, tile_px=tile_px, progress=progress, callback=callback,
-                                             sample_id=sample.sample_id)
+                                             dtype=dtype, tile_px=tile_px, callback=callback, sample_id=sample.sample_id)
             C._set_attrs(f, dstats.to_attrs())
         elif todo_scales:
             names = [C.scale_name(s) for s in todo_scales]

@@ -51,8 +51,10 @@ def main() -> None:
 
     import h5py
 
-    from stfeat.extract import extract
-    from stfeat.fit import fit
+    try:  # the API refactor (issue 9) renamed the path-returning entry points
+        from stfeat.extraction import extract_caches as extract
+    except ImportError:
+        from stfeat.extract import extract
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,8 +77,8 @@ def main() -> None:
                 stored_secs += float(f.attrs.get("dense_seconds", 0.0))
         res = {"mode": mode, "spots": n_spots, "forwards": forwards, "extract_s": round(secs, 1)}
         for split, man in (("lopo", man_all), ("loso", man_c)):
-            r = fit(man, encoder=args.encoder, cache_dir=cache, heads=(args.head,), genes=args.genes, split=split,
-                    out_dir=out / f"fit_{mode}_{split}", plots=False)
+            r = _fit(man, encoder=args.encoder, cache_dir=cache, heads=(args.head,), genes=args.genes, split=split,
+                     out_dir=out / f"fit_{mode}_{split}", plots=False)
             res[f"r_{split}"] = _mean_r(r.out_dir, args.head)
             res[f"folds_{split}"] = _fold_r(out / f"fit_{mode}_{split}", args.head)
         rows.append(res)
@@ -90,6 +92,20 @@ def main() -> None:
     for r in rows:
         print(r["mode"], "per fold lopo:", r["folds_lopo"], "loso:", r["folds_loso"])
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
+
+
+def _fit(samples, **kw):
+    """stfeat.fit.fit, or stfeat.fitting.fit_report after the API refactor (head=, scales_um=)."""
+    try:
+        from stfeat.fitting import fit_report
+    except ImportError:
+        from stfeat.fit import fit
+
+        return fit(samples, **kw)
+    kw["head"] = kw.pop("heads")
+    if "scales" in kw:
+        kw["scales_um"] = kw.pop("scales")
+    return fit_report(samples, **kw)
 
 
 def _mean_r(fit_dir: Path, head: str) -> float:

@@ -12,6 +12,15 @@ from stfeat import dense as D
 from stfeat.errors import InputError
 
 
+def _extract_caches():
+    """The path-returning extraction entry point (``extract_caches`` after the API refactor)."""
+    try:
+        from stfeat.extraction import extract_caches
+    except ImportError:
+        from stfeat.extract import extract as extract_caches
+    return extract_caches
+
+
 def _patch_encoder(px: int = 64, stride: int = 8, dim: int = 16):
     """A CNN whose map cells see only their own pixels: dense windows must then equal crops."""
     import torch
@@ -132,7 +141,7 @@ def test_tissue_mask_and_points(tmp_path):
 
 
 def test_extract_dense_mode_into_the_cache_with_provenance(tmp_path):
-    from stfeat.extract import extract
+    extract = _extract_caches()
     from stfeat.io import read_sample
 
     t = make_visium_hd(tmp_path / "HD1", bins=(8,), extent_um=240.0)
@@ -154,7 +163,7 @@ def test_extract_dense_mode_into_the_cache_with_provenance(tmp_path):
 
 
 def test_auto_keeps_crop_for_visium_spots(tmp_path):
-    from stfeat.extract import extract
+    extract = _extract_caches()
     from stfeat.io import read_sample
 
     t = make_spaceranger(tmp_path / "S1", um_per_px=0.5)

@@ -51,10 +51,10 @@ def main() -> None:
 
     import h5py
 
-    try:  # the API refactor (issue 9) renamed the path-returning entry points
-        from stfeat.extraction import extract_caches as extract
-    except ImportError:
+    try:  # the API refactor (issue 9) renames the path-returning entry point extract_caches
         from stfeat.extract import extract
+    except ImportError:
+        from stfeat.extraction import extract_caches as extract
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,11 +97,11 @@ def main() -> None:
 def _fit(samples, **kw):
     """stfeat.fit.fit, or stfeat.fitting.fit_report after the API refactor (head=, scales_um=)."""
     try:
-        from stfeat.fitting import fit_report
-    except ImportError:
         from stfeat.fit import fit
 
         return fit(samples, **kw)
+    except ImportError:
+        from stfeat.fitting import fit_report
     kw["head"] = kw.pop("heads")
     if "scales" in kw:
         kw["scales_um"] = kw.pop("scales")

@@ -2,7 +2,7 @@
 
 Prints (one run):
   * forward-only crops/s of the encoder on synthetic uint8 batches already on the device;
-  * end-to-end crops/s of :func:`stfeat.extract.extract` on the HER2ST sections (all scales: JPEG
+  * end-to-end crops/s of :func:`stfeat.extraction.extract` on the HER2ST sections (all scales: JPEG
     crops read in DataLoader workers, resize, encoder, HDF5 writes, neighbours, sample loading);
   * their ratio (targets: >= 0.8 on CPU with DenseNet-121 / EfficientNet-Lite0, >= 0.7 and >= 2000
     crops/s on an H100 with ViT-L/16, e.g. ``--encoder uni --random``);
@@ -76,7 +76,7 @@ def load_samples(data: Path, n_samples: int | None, max_spots: int | None):
 
 
 def end_to_end(samples, enc, *, scales, device, batch_size, workers) -> tuple[float, int, float]:
-    from stfeat.extract import extract
+    from stfeat.extraction import extract_caches as extract
 
     n_crops = sum(s.n_spots for s in samples) * len(scales)
     with tempfile.TemporaryDirectory(prefix="stfeat-bench-") as d:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from stfeat.encoders import create_encoder
-    from stfeat.extract import _resolve_device, auto_batch_size, default_num_workers
+    from stfeat.extraction import _resolve_device, auto_batch_size, default_num_workers
 
     if a.threads:
         torch.set_num_threads(a.threads)

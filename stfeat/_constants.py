@@ -17,6 +17,8 @@ U_SOURCE_PATH = "source_path"
 
 # Physical constants of the assays
 VISIUM_SPOT_DIAMETER_UM = 55.0
+# Space Ranger's spot_diameter_fullres is the pixel span of a theoretical 65 um spot (55 um + margin)
+VISIUM_SPOT_FULLRES_UM = 65.0
 VISIUM_PITCH_UM = 100.0
 LEGACY_ST_SPOT_DIAMETER_UM = 100.0
 LEGACY_ST_PITCH_UM = 200.0

@@ -1,6 +1,6 @@
 """Crops -> encoder -> features: crop decoding in DataLoader workers, batching, the device loop.
 
-The inference machinery under :func:`stfeat.extract.extract` (which adds the cache planning, the
+The inference machinery under :func:`stfeat.extraction.extract` (which adds the cache planning, the
 writer thread and the encoder identity) and :func:`extract_points` (features at arbitrary points,
 e.g. the dense grids of ``predict --grid``)::
 
@@ -8,7 +8,7 @@ e.g. the dense grids of ``predict --grid``)::
     main thread:        chunks reassembled into fixed blocks -> pinned uint8 -> device (non-blocking)
                         -> Encoder (normalise on device, autocast) -> float32 (b, S, d)
 
-Its public names are re-exported by :mod:`stfeat.extract`.
+Its public names are re-exported by :mod:`stfeat.extraction`.
 """
 
 from __future__ import annotations
@@ -73,12 +73,18 @@ class CropDataset:
     def __getitem__(self, i: int):
         import torch
 
+        from stfeat._faults import WorkerFailure
+        from stfeat.errors import StfeatError
+
         a, b = self.blocks[i]
         crops = np.empty((b - a, len(self.scales_um), self.out_px, self.out_px, 3), dtype=np.uint8)
         padded = np.zeros((b - a, len(self.scales_um)), dtype=bool)
-        for j, s in enumerate(self.scales_um):
-            crops[:, j], padded[:, j] = self.slide.read_regions(self.centres[a:b], s, self.out_px,
-                                                                um_per_px=self.um_per_px)
+        try:
+            for j, s in enumerate(self.scales_um):
+                crops[:, j], padded[:, j] = self.slide.read_regions(self.centres[a:b], s, self.out_px,
+                                                                    um_per_px=self.um_per_px)
+        except StfeatError as exc:  # handed to the main process as it is (see stfeat._faults)
+            return WorkerFailure(exc)
         return a, torch.from_numpy(crops), torch.from_numpy(padded)
 
 
@@ -161,8 +167,11 @@ def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sca
     px = int(encoder.spec.input_px)
     ds = CropDataset(slide, centres_px, chunks, scales_um, px, um_per_px)
     cuda = device.startswith("cuda")
+    from stfeat._faults import guarded, worker_timeout
+
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda,
-                        prefetch_factor=prefetch_factor if workers else None, persistent_workers=False)
+                        prefetch_factor=prefetch_factor if workers else None, persistent_workers=False,
+                        timeout=worker_timeout() if workers else 0)
     S = len(scales_um)
 
     def finish(p):  # wait for a batch's device-to-host copy and hand it out
@@ -176,7 +185,7 @@ def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sca
     pads: list = []
     buf = None
     pending = None
-    for start, crops, padded in loader:
+    for start, crops, padded in guarded(loader, workers):
         start = int(start)
         if cuda:
             if buf is None:

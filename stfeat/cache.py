@@ -24,7 +24,13 @@ Writing is incremental and crash-safe: a file being written is ``{sample_id}.h5.
 batch writes its rows, then its ``done`` flags, then flushes. Only when every scale is done and the
 neighbours are stored does the writer set ``complete`` and rename the file to ``{sample_id}.h5``, so
 a file under the final name is always complete. A sidecar ``{sample_id}.h5.lock`` holds an OS lock
-(``fcntl.flock``) while a process writes; the OS releases it when that process dies.
+(``fcntl.flock``) while a process writes; the OS releases it when that process dies. It is opened
+without following links and removed when the writer finishes (:mod:`stfeat._cache_lock`).
+
+Integrity (:mod:`stfeat._cache_integrity`): file names are injective in the sample id (an id that
+is not filesystem-safe gets ``~`` + a hash of the exact id) and the stored ``sample_id`` is checked on
+every read; coords and each feature dataset carry a blake2b checksum (attr ``blake2b``) written at
+completion and verified on read; the ``config_hash`` must match the stored ``encoder_identity``.
 """
 
 from __future__ import annotations
@@ -37,12 +43,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from stfeat import _constants as K
-from stfeat.errors import CacheLockedError, InputError
+from stfeat.errors import CacheLockedError, InputError  # noqa: F401 - CacheLockedError re-exported
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +87,21 @@ def encoder_tag(name: str) -> str:
 
 
 def cache_path(cache_dir: str | Path, encoder_tag: str, sample_id: str) -> Path:
-    """``{cache_dir}/{encoder_tag}/{sample_id}.h5`` (the sample id is made filesystem-safe)."""
-    sid = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(sample_id)).strip(".") or "sample"
+    """``{cache_dir}/{encoder_tag}/{name}.h5``, one file per exact sample id (injective).
+
+    A sample id made only of ``A-Za-z0-9._+-`` (not starting with a dot) is used as it is (``C2.h5``).
+    Any other id is made filesystem-safe AND given ``~`` plus a short hash of the exact id
+    (``"A B"`` -> ``A_B~3f9a0c1d2e.h5``), so ``"A B"`` and ``"A_B"`` never share a file. ``~`` never
+    occurs in a kept id, so the two forms cannot collide either; the file's stored ``sample_id`` is
+    still checked on every read.
+    """
+    import hashlib
+
+    raw = str(sample_id)
+    sid = re.sub(r"[^A-Za-z0-9._+-]+", "_", raw).strip(".")
+    if sid != raw or not sid:
+        digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        sid = f"{sid[:80] or 'sample'}~{digest}"
     return Path(cache_dir) / encoder_tag / f"{sid}.h5"
 
 
@@ -107,47 +126,6 @@ def config_hash(identity: Mapping[str, Any]) -> str:
 
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- locking
-@contextlib.contextmanager
-def cache_lock(path: str | Path) -> Iterator[Path]:
-    """Hold the OS lock of a cache file (non-blocking) for the duration of the ``with`` block.
-
-    Raises
-    ------
-    CacheLockedError
-        When another process (or another open handle) holds it. A lock held by a process that
-        died is released by the OS, so it never blocks forever.
-    """
-    import fcntl
-
-    lp = lock_path(path)
-    lp.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = ""
-            with contextlib.suppress(OSError):
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            who = f" (pid {holder})" if holder else ""
-            raise CacheLockedError(
-                f"{path}: another stfeat process{who} is writing this cache file. Wait for it to "
-                "finish, or use another --cache-dir. (A lock of a process that died is released "
-                "automatically.)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        try:
-            yield lp
-        finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- reading
@@ -234,20 +212,24 @@ def _check_schema(path: Path, attrs: Mapping[str, Any]) -> None:
                          f"understands ({K.CACHE_SCHEMA_VERSION}).", "upgrade stfeat.")
 
 
-def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None) -> CacheData:
+def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None,
+               sample_id: str | None = None) -> CacheData:
     """Read a complete cache file (features as float32).
 
     Parameters
     ----------
     path
-        A ``.h5`` file written by :func:`stfeat.extract.extract` or :func:`write_cache`.
+        A ``.h5`` file written by :func:`stfeat.extraction.extract` or :func:`write_cache`.
     scales
         Fields of view to read (micrometres or names); default all.
+    sample_id
+        The sample the file is read for: a file holding another sample's features is refused.
 
     Raises
     ------
     InputError
-        Missing, unreadable, foreign or incomplete file, or a scale it does not hold.
+        Missing, unreadable, foreign, incomplete, edited or corrupt file (checksums, NaN features,
+        rows that do not match its spots), another sample's file, or a scale it does not hold.
     """
     import h5py
 
@@ -261,6 +243,8 @@ def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None)
     if not attrs.get("complete", False):
         raise InputError(path, "is an incomplete feature cache (its extraction was interrupted).",
                          "rerun `stfeat extract` to resume it.")
+    check_sample_id(path, attrs, sample_id)
+    verify_attrs(path, attrs)
     with h5py.File(path, "r") as f:
         have = list(f["features"].keys())
         names = have if scales is None else [_as_name(s) for s in scales]
@@ -269,14 +253,33 @@ def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None)
             raise InputError(path, f"holds no features for scale(s) {missing} um (it has {have}).",
                              "run `stfeat extract` with those --scales (they are added to the file).")
         names.sort(key=float)
-        feats = {s: f["features"][s][...].astype(np.float32, copy=False) for s in names}
+        barcodes = f["barcodes"].asstr()[...].astype(str)
+        n = len(barcodes)
+        coords = _verified(path, f["coords"], "coords")
+        feats = {s: _verified(path, f["features"][s], f"features/{s}") for s in names}
+        for s, v in feats.items():
+            if v.ndim != 2 or v.shape[0] != n:
+                raise InputError(path, f"features/{s} has {v.shape[0]} rows but the file lists {n} spots: the "
+                                 "file is damaged.", "delete it and re-extract the sample (`stfeat extract ... --overwrite`).")
+            bad = ~np.isfinite(v).all(axis=1)
+            if bad.any():
+                raise InputError(path, f"features/{s} holds NaN or infinite values in {int(bad.sum())} of {n} spots "
+                                 f"(e.g. spot {barcodes[np.flatnonzero(bad)[0]]}).",
+                                 "re-extract the sample with `stfeat extract ... --overwrite` (with float32 "
+                                 "features, --dtype float32, if the encoder overflows float16).")
+        if coords.shape != (n, 2):
+            raise InputError(path, f"coords is {coords.shape}, not ({n}, 2): the file is damaged.",
+                             "delete it and re-extract the sample.")
+        feats = {s: v.astype(np.float32, copy=False) for s, v in feats.items()}
         padded = {s: f["padded"][s][...].astype(bool) for s in names if s in f.get("padded", {})}
         nb = f.get("neighbors")
         nbi = nb["spatial"][...] if nb is not None and "spatial" in nb else None
         nbd = nb["spatial_dist_um"][...] if nb is not None and "spatial_dist_um" in nb else None
+        if nbi is not None and nbi.shape[0] != n:
+            raise InputError(path, f"neighbors/spatial has {nbi.shape[0]} rows, not {n}: the file is damaged.",
+                             "delete it and re-extract the sample.")
         return CacheData(
-            barcodes=f["barcodes"].asstr()[...].astype(str),
-            coords=f["coords"][...].astype(np.float64),
+            barcodes=barcodes, coords=coords.astype(np.float64),
             features=feats, padded=padded, neighbors=nbi, neighbor_dist_um=nbd, attrs=attrs,
         )
 
@@ -431,6 +434,7 @@ def write_cache(
             write_neighbors(f, neighbors, neighbor_dist_um if neighbor_dist_um is not None
                             else np.full(np.shape(neighbors), np.nan, np.float32))
             a.setdefault("k_neighbors", int(np.shape(neighbors)[1]))
+        write_checksums(f)
         _set_attrs(f, a)
     os.replace(tmp, path)
     return path
@@ -442,12 +446,27 @@ def finalize(f: Any, *, scales_um: Sequence[float]) -> None:
     missing = [s for s, m in masks.items() if not m.all()]
     if missing:
         raise RuntimeError(f"{f.filename}: refusing to mark complete, scales {missing} are not done")
+    write_checksums(f)
     _set_attrs(f, {"scales_um": sorted(float(s) for s in scales_um), "completed": now_iso(),
                    "complete": True})
     f.flush()
 
 
+# integrity checks live in their own module; re-exported here, the cache's one front door
+from stfeat._cache_lock import cache_lock  # noqa: E402
+from stfeat._cache_integrity import (  # noqa: E402
+    CHECKSUM_ATTR,
+    _verified,
+    check_compatible,
+    check_sample_id,
+    checksum,
+    refuse_symlinks,
+    verify_attrs,
+    write_checksums,
+)
+
 __all__ = [
     "CacheData", "cache_path", "encoder_tag", "scale_name", "read_cache", "read_attrs", "write_cache",
-    "describe_cache", "cache_lock", "config_hash", "partial_path", "lock_path",
+    "describe_cache", "cache_lock", "config_hash", "partial_path", "lock_path", "check_sample_id",
+    "verify_attrs", "checksum", "check_compatible",
 ]

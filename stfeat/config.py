@@ -1,55 +1,49 @@
-"""YAML configs for the CLI: command line > config file > defaults, resolved in one place.
+"""YAML configs: validated against :mod:`stfeat.options`, run by :func:`run` or used as CLI defaults.
 
 A config is a YAML mapping with one section per command and optional shared top-level keys::
 
     encoder: classical                 # shared: applies to every command that has an `encoder` option
     cache_dir: cache                   # paths are relative to this file
     extract:
-      data: ../../shared/data/her2st
+      samples: ../../shared/data/her2st
       scales_um: [112, 224, 448]
     fit:
-      heads: [hest-ridge, lgbm]
-      out: runs/her2st
+      head: [hest-ridge, lgbm]
+      out_dir: runs/her2st
 
-``stfeat --config FILE COMMAND`` loads it (:func:`apply_config`) into click's ``ctx.default_map``,
-so click itself applies the precedence: an option given on the command line wins over the config,
-which wins over the option's default. Keys are checked against each command's real parameters
-(unknown key or bad choice -> :class:`~stfeat.errors.InputError` naming the key, the file and what
-is allowed), and path-valued options are resolved relative to the config file.
+Keys are the option names of :class:`~stfeat.options.ExtractOptions`, :class:`~stfeat.options.FitOptions`
+and :class:`~stfeat.options.PredictOptions` (the library's keyword names; ``--scales-um`` on the command
+line). An unknown key, a name used before issue 9 (``scales:``, ``heads:``, ``out:`` in ``fit``), a bad
+value or an input path that does not exist is an :class:`~stfeat.errors.InputError` naming the key,
+the file and what is allowed. Relative paths are relative to the config file.
 
-Every command writes what it ran with, and where each value came from, by calling
-:func:`save_resolved_config` (``resolved_config.yaml`` next to its outputs); that file is itself a
-valid config, so ``stfeat --config out/resolved_config.yaml fit`` reruns the same thing.
+:func:`run` runs extract -> fit -> predict from one config in Python (``stfeat run CONFIG`` is a thin
+call of it). ``stfeat --config FILE COMMAND`` uses :func:`apply_config`, which turns the validated
+values into click's ``default_map``: an option given on the command line wins over the config, which
+wins over the option's default. Every step writes ``resolved_config.yaml``
+(:func:`stfeat.resolved_config.save_resolved_config`) next to its outputs; that file is itself a valid config.
 """
 
 from __future__ import annotations
 
 import difflib
-import enum
+import json
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
+from stfeat import options as O
 from stfeat.errors import InputError
+from stfeat.resolved_config import save_resolved_config
 
 log = logging.getLogger(__name__)
 
-RESOLVED_CONFIG_NAME = "resolved_config.yaml"
 # Top-level keys that carry documentation or provenance, never options.
 META_KEYS = frozenset({"name", "description", "notes", "sources", "stfeat_version", "command", "config_file"})
-# Options whose values are paths even when a command types them as plain strings.
-PATH_KEYS = frozenset(
-    {"data", "cache_dir", "out", "out_dir", "model_dir", "manifest", "weights", "image", "sample", "model", "encoder"}
-)
-# A config may say `data:` for whatever a command calls its input (extract's PATH argument, ...).
-KEY_ALIASES = {
-    "data": ("data", "path", "samples", "samples_or_manifest", "manifest"),
-    "heads": ("head", "heads"),
-    "scales_um": ("scales", "scales_um"),
-}
-_SOURCE_NAMES = {"COMMANDLINE": "cli", "ENVIRONMENT": "env", "DEFAULT_MAP": "config", "DEFAULT": "default", "PROMPT": "prompt"}
+STEPS = ("extract", "fit", "predict")
 
 
 @dataclass
@@ -78,26 +72,16 @@ class Config:
         """Relative paths in the config are relative to this folder."""
         return self.path.parent if self.path is not None else Path.cwd()
 
-    def for_command(self, command: str) -> dict[str, Any]:
-        """Shared keys overlaid by the command's own section (raw values, not yet resolved)."""
-        return {**self.shared, **self.sections.get(command, {})}
-
 
 def _norm_key(key: Any) -> str:
     return str(key).strip().replace("-", "_")
 
 
-def load_config(path: str | Path, *, commands: Iterable[str] | None = None) -> Config:
+def load_config(path: str | Path) -> Config:
     """Read a YAML config with ``yaml.safe_load`` and split it into shared keys and command sections.
 
-    Parameters
-    ----------
-    path
-        The YAML file.
-    commands
-        Names of the commands that may have a section. When ``None`` the names of the ``stfeat``
-        CLI are used. A top-level key whose value is a mapping and names a command is a section;
-        any other top-level key is a shared option.
+    A top-level key named after a command (``extract``, ``fit``, ``predict``) is that command's
+    section; any other top-level key is a shared option (checked by :func:`validate`).
 
     Raises
     ------
@@ -109,8 +93,11 @@ def load_config(path: str | Path, *, commands: Iterable[str] | None = None) -> C
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(path, "config file not found.", "check the path (configs/ holds examples).")
+    from stfeat._yaml import read_yaml_text
+
+    text = read_yaml_text(path, what="config")  # UTF-8, and refused past a sane nesting depth
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -121,13 +108,12 @@ def load_config(path: str | Path, *, commands: Iterable[str] | None = None) -> C
     if not isinstance(raw, dict):
         raise InputError(path, f"must be a YAML mapping of keys to values, got a {type(raw).__name__}.",
                          "write `key: value` lines, with one section per command (extract:, fit:, ...).")
-    names = set(commands) if commands is not None else set(cli_command_names())
     cfg = Config(path=path.resolve())
     for key, value in raw.items():
         k = _norm_key(key)
         if k in META_KEYS:
             cfg.meta[k] = value
-        elif k in names:
+        elif k in O.OPTIONS:
             if value is None:
                 value = {}
             if not isinstance(value, dict):
@@ -139,91 +125,14 @@ def load_config(path: str | Path, *, commands: Iterable[str] | None = None) -> C
     return cfg
 
 
-def cli_command_names() -> list[str]:
-    """Names of the ``stfeat`` subcommands (imports the CLI, which is light)."""
-    return sorted(_root_group().commands)
-
-
-def _root_group() -> Any:
-    import typer.main
-
-    from stfeat.cli import app
-
-    return typer.main.get_command(app)  # type: ignore[return-value]
-
-
-def _param_key(p: Any) -> str:
-    return str(p.name)
-
-
-def command_options(cmd: Any) -> dict[str, Any]:
-    """The config keys a command accepts: its parameter names (``--cache-dir`` -> ``cache_dir``)."""
-    return {
-        _param_key(p): p
-        for p in cmd.params
-        if p.name and p.expose_value and p.name not in {"help", "config"}
-    }
-
-
-def _descriptor(p: Any) -> Any:
-    """typer (>= 0.29, its own click fork) describes a parameter's type in ``type_descriptor``."""
-    return getattr(p, "type_descriptor", None)
-
-
-def _choices(p: Any) -> list[str] | None:
-    desc = _descriptor(p)
-    if desc is not None:
-        ch = desc.choices
-        return None if ch is None else [str(_plain(c)) for c in ch]
-    ch = getattr(getattr(p, "type", None), "choices", None)  # plain click.Choice
-    return None if ch is None else [str(c) for c in ch]
-
-
-def _is_typed_path(p: Any) -> bool:
-    desc = _descriptor(p)
-    if desc is not None and (desc.is_path or desc.is_file):
-        return True
-    return type(getattr(p, "type", None)).__name__ in {"Path", "File"}
-
-
-def _is_path_param(key: str, p: Any) -> bool:
-    return _is_typed_path(p) or key in PATH_KEYS
-
-
-def _must_exist(p: Any) -> bool:
-    desc = _descriptor(p)
-    if desc is not None:
-        return bool(desc.is_path and getattr(desc.parameter_info, "exists", False))
-    return bool(getattr(getattr(p, "type", None), "exists", False))
-
-
-def _is_str(p: Any) -> bool:
-    desc = _descriptor(p)
-    return desc is not None and desc.annotation is str
-
-
-def _to_cli_form(value: Any, p: Any) -> Any:
-    """YAML conveniences for options the CLI types as one string: lists become ``a,b,c`` and
-    mappings become JSON (``head_params``)."""
-    import json
-
-    if _is_str(p) and not _is_multi(p):
-        if isinstance(value, (list, tuple)):
-            return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-        if isinstance(value, dict):
-            return json.dumps(value)
-    return value
-
-
-def _is_multi(p: Any) -> bool:
-    return bool(getattr(p, "multiple", False)) or getattr(p, "nargs", 1) != 1
+# ----------------------------------------------------------------------------------- validation
 
 
 def _resolve_path_value(value: Any, base: Path, *, always: bool = True) -> Any:
     """Expand ``~`` and ``$VARS`` and make relative paths absolute against ``base`` (lists too).
 
-    With ``always=False`` (options typed as strings that may hold a name or a path, like
-    ``encoder``) a bare word is kept unless such a file exists next to the config.
+    With ``always=False`` (options that hold a name or a path, like ``encoder``) a bare word is
+    kept unless such a file exists next to the config.
     """
     if isinstance(value, (list, tuple)):
         return [_resolve_path_value(v, base, always=always) for v in value]
@@ -235,240 +144,345 @@ def _resolve_path_value(value: Any, base: Path, *, always: bool = True) -> Any:
     p = Path(s)
     if not p.is_absolute():
         candidate = (base / p).resolve()
-        # A bare name that is not a file next to the config (e.g. a registry name) stays as written.
         if always or any(sep in s for sep in ("/", os.sep)) or s.startswith(".") or candidate.exists():
             return str(candidate)
         return s
     return str(p)
 
 
-def _plain(value: Any) -> Any:
-    """YAML-friendly form of a resolved click value."""
-    if isinstance(value, enum.Enum):
-        return _plain(value.value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    try:  # numpy scalars
-        return value.item()
-    except AttributeError:
-        return str(value)
+def _where(section: str, key: str) -> str:
+    return f"key {key!r}" + (f" in section {section!r}" if section else " (shared)")
 
 
-def _check_value(cfg: Config, section: str, key: str, p: Any, value: Any, cmd: Any) -> None:
-    """Let the CLI's own type conversion run now, so a bad value fails before any work starts."""
-    where = f"key {key!r}" + (f" in section {section!r}" if section else " (shared)")
-    if value is None:
-        return
-    multi = _is_multi(p)
-    if isinstance(value, (list, tuple)) and not multi:
-        raise InputError(cfg.path, f"{where} takes one value, got a list {value!r}.", "give a single value.")
-    vals = list(value) if isinstance(value, (list, tuple)) else [value]
-    allowed = _choices(p)
-    if allowed is not None:
-        low = [a.lower() for a in allowed]
-        for v in vals:
-            sv = str(_plain(v))
-            if sv not in allowed and sv.lower() not in low:
-                raise InputError(cfg.path, f"{where} has value {sv!r}, which is not allowed.",
-                                 f"use one of: {', '.join(allowed)}.")
-        return
-    if _is_path_param(key, p):
-        if _must_exist(p):
-            for v in vals:
-                if not Path(str(v)).exists():
-                    raise InputError(cfg.path, f"{where} points to {v}, which does not exist.",
-                                     "fix the path (relative paths are relative to the config file).")
-        return
-    runtime = getattr(p, "get_runtime_param", None)
-    if runtime is None:
-        return  # plain click: it converts (and reports) at run time
-    from typer._click.core import Context
+def _unknown_key(cfg: Config, section: str, key: str) -> InputError:
+    if section:
+        renamed = O.RENAMED.get(section, {}).get(key)
+        allowed = list(O.fields_of(O.OPTIONS[section]))
+    else:
+        renamed = next((r[key] for r in O.RENAMED.values() if key in r), None)
+        allowed = sorted({k for cls in O.OPTIONS.values() for k in O.fields_of(cls)})
+    where = f"in section {section!r}" if section else "at the top level"
+    if renamed is not None:
+        note = " (inverted: pretrained: false)" if key == "random_weights" else ""
+        return InputError(cfg.path, f"key {key!r} {where} is now called {renamed!r}.",
+                          f"rename it to {renamed}{note}; option names are the same in Python, YAML and "
+                          f"the CLI (--{renamed.replace('_', '-')}).")
+    close = difflib.get_close_matches(key, allowed, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    if section:
+        return InputError(cfg.path, f"unknown key {key!r} in section {section!r}.{hint}",
+                          f"allowed keys for `stfeat {section}`: {', '.join(sorted(allowed))}.")
+    if isinstance(cfg.shared.get(key), dict):
+        return InputError(cfg.path, f"section {key!r} is not an stfeat command.",
+                          f"use sections named after commands: {', '.join(O.OPTIONS)}.")
+    return InputError(cfg.path, f"unknown top-level key {key!r}: no stfeat command has this option.{hint}",
+                      f"use a command section ({', '.join(O.OPTIONS)}) or a shared option ({', '.join(allowed)}).")
 
+
+def _value(cfg: Config, cls: type, section: str, key: str, value: Any, *, check_paths: bool) -> Any:
+    """One config value: paths resolved against the config's folder, coerced and checked."""
+    kind = O.meta(cls, key, "path")
+    if kind and value is not None:
+        value = _resolve_path_value(value, cfg.base_dir, always=kind is True)
     try:
-        runtime().coerce(vals if multi else vals[0], param=p, ctx=Context(cmd))
-    except Exception as exc:  # noqa: BLE001 - typer raises its UsageError family; we only re-word it
-        msg = getattr(exc, "message", None) or str(exc)
-        raise InputError(cfg.path, f"{where} has a bad value {value!r}: {msg}",
-                         f"see `stfeat {cmd.name} --help` for what it takes.") from None
+        out = O.coerce(cls, key, value)
+    except InputError as exc:
+        raise InputError(cfg.path, f"{_where(section, key)} has a bad value {value!r}: {exc.problem}",
+                         exc.fix) from None
+    if check_paths and O.meta(cls, key, "exists") and out is not None and not Path(out).exists():
+        raise InputError(cfg.path, f"{_where(section, key)} points to {out}, which does not exist.",
+                         "fix the path (relative paths are relative to the config file).")
+    return out
 
 
-def _target_key(key: str, allowed: dict[str, Any]) -> str | None:
-    """The parameter a config key sets in one command (``None`` when the command lacks it)."""
-    if key in allowed:
-        return key
-    for alias in KEY_ALIASES.get(key, ()):
-        if alias in allowed:
-            return alias
-    return None
+@dataclass
+class Resolved:
+    """The validated values of a config: ``values[command][key]`` and where each came from."""
+
+    config: Config
+    values: dict[str, dict[str, Any]]
+    origin: dict[str, dict[str, str]]
 
 
-def build_default_map(cfg: Config, group: Any = None) -> dict[str, dict[str, Any]]:
-    """Validate ``cfg`` against the CLI and return click's ``default_map`` (``{command: {param: value}}``).
+def validate(cfg: Config, *, check_paths: bool | Iterable[str] = True) -> Resolved:
+    """Check every key and value of ``cfg`` against the options schema.
+
+    Shared keys apply to every command that has the option; a command's own section wins. A shared
+    list given for an option that takes one value is not applied to that command (``encoder: [a, b]``
+    is for ``fit``'s comparison; ``run`` extracts once per encoder), except ``extract``'s encoder,
+    which :func:`run` expands.
+
+    Parameters
+    ----------
+    check_paths
+        Check that input paths (``samples``, ``sample``, ``weights``) exist: ``True`` for every
+        command, or the names of the commands to check.
 
     Raises
     ------
     InputError
-        Unknown key (naming the key, the file and the allowed keys), bad choice, a path marked as
-        required to exist that does not, or a section for a command that does not exist.
+        Naming the key, the file and what is allowed.
     """
-    group = group if group is not None else _root_group()
-    commands = dict(group.commands)
-    for section in cfg.sections:
-        if section not in commands:
-            raise InputError(cfg.path, f"section {section!r} is not an stfeat command.",
-                             f"use sections named after commands: {', '.join(sorted(commands))}.")
-    options = {name: command_options(cmd) for name, cmd in commands.items()}
-    all_keys = sorted(set().union(*[set(o) for o in options.values()])) if options else []
     for key in cfg.shared:
-        if not any(_target_key(key, o) for o in options.values()):
-            if isinstance(cfg.shared[key], dict):
-                raise InputError(cfg.path, f"section {key!r} is not an stfeat command.",
-                                 f"use sections named after commands: {', '.join(sorted(commands))}.")
-            close = difflib.get_close_matches(key, all_keys + sorted(commands), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise InputError(cfg.path, f"unknown top-level key {key!r}: no stfeat command has this option.{hint}",
-                             f"use a command section ({', '.join(sorted(commands))}) or a shared option "
-                             f"({', '.join(all_keys)}).")
-    for section, values in cfg.sections.items():
-        allowed = options[section]
-        for key in values:
-            if _target_key(key, allowed) is None:
-                close = difflib.get_close_matches(key, list(allowed), n=3)
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise InputError(cfg.path, f"unknown key {key!r} in section {section!r}.{hint}",
-                                 f"allowed keys for `stfeat {section}`: {', '.join(sorted(allowed))}.")
-    default_map: dict[str, dict[str, Any]] = {}
-    for name, allowed in options.items():
-        section = cfg.sections.get(name, {})
-        merged = {}
-        origin = {}
-        for src, items in (("", cfg.shared), (name, section)):
-            for k, v in items.items():
-                t = _target_key(k, allowed)
-                if t is not None:
-                    merged[t], origin[t] = v, src
-        out = {}
-        for key, value in merged.items():
-            p = allowed[key]
-            value = _to_cli_form(value, p)
-            if _is_path_param(key, p) and value is not None:
-                value = _resolve_path_value(value, cfg.base_dir, always=_is_typed_path(p))
-            _check_value(cfg, origin[key], key, p, value, commands[name])
-            out[key] = value
+        if not any(key in O.fields_of(cls) for cls in O.OPTIONS.values()):
+            raise _unknown_key(cfg, "", key)
+    for section, items in cfg.sections.items():
+        for key in items:
+            if key not in O.fields_of(O.OPTIONS[section]):
+                raise _unknown_key(cfg, section, key)
+    checked = set(O.OPTIONS) if check_paths is True else set(check_paths or ())
+    values: dict[str, dict[str, Any]] = {}
+    origin: dict[str, dict[str, str]] = {}
+    for name, cls in O.OPTIONS.items():
+        names = O.fields_of(cls)
+        vals, orig = {}, {}
+        for key, raw in cfg.shared.items():
+            if key not in names or key in cfg.sections.get(name, {}) or O.meta(cls, key, "shared") is False:
+                continue
+            if isinstance(raw, (list, tuple)) and not O.is_list(cls, key):
+                if (name, key) == ("extract", "encoder"):
+                    vals[key] = [_value(cfg, cls, "", key, v, check_paths=False) for v in raw]
+                    orig[key] = "config"
+                continue
+            vals[key] = _value(cfg, cls, "", key, raw, check_paths=name in checked)
+            orig[key] = "config"
+        for key, raw in cfg.sections.get(name, {}).items():
+            if (name, key) == ("extract", "encoder") and isinstance(raw, (list, tuple)):
+                vals[key] = [_value(cfg, cls, name, key, v, check_paths=False) for v in raw]
+            else:
+                vals[key] = _value(cfg, cls, name, key, raw, check_paths=name in checked)
+            orig[key] = "config"
+        values[name], origin[name] = vals, orig
+    return Resolved(cfg, values, origin)
+
+
+# ----------------------------------------------------------------------------------- CLI defaults
+
+
+def _cli_value(cls: type, key: str, value: Any) -> Any:
+    """A validated value in the form the CLI parameter takes (lists of words, JSON for mappings)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, list):
+        words = [f"{v:g}" if isinstance(v, float) else str(v) for v in value]
+        return words if O.is_list(cls, key) else ",".join(words)  # extract's encoder list: rejected by the CLI
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def default_map(resolved: Resolved) -> dict[str, dict[str, Any]]:
+    """click's ``default_map`` (``{command: {param: value}}``) from validated values."""
+    dm = {}
+    for name, vals in resolved.values.items():
+        cls = O.OPTIONS[name]
+        out = {k: _cli_value(cls, k, v) for k, v in vals.items() if v is not None}
         if out:
-            default_map[name] = out
-    return default_map
+            dm[name] = out
+    return dm
 
 
 def apply_config(ctx: Any, path: str | Path) -> Config:
     """Load ``path`` into ``ctx.default_map`` (called by the root ``--config`` option).
 
-    Values already in a default map (an outer config) are kept unless this config sets them.
+    Input paths are checked for the command being invoked. Values already in a default map (an
+    outer config) are kept unless this config sets them.
     """
-    group = ctx.command
-    if not hasattr(group, "commands"):  # pragma: no cover - the root is always a group
-        raise TypeError("apply_config needs the root group's context")
-    cfg = load_config(path, commands=group.commands)
-    dm = build_default_map(cfg, group)
+    cfg = load_config(path)
+    sub = getattr(ctx, "invoked_subcommand", None)
+    resolved = validate(cfg, check_paths=[sub] if sub else [])
     merged = dict(ctx.default_map or {})
-    for name, values in dm.items():
+    for name, values in default_map(resolved).items():
         merged[name] = {**merged.get(name, {}), **values}
     ctx.default_map = merged
     ctx.meta["stfeat.config"] = cfg
-    log.debug("config %s -> %s", path, dm)
+    log.debug("config %s -> %s", path, merged)
     return cfg
 
 
-def resolved_params(ctx: Any) -> dict[str, dict[str, Any]]:
-    """Every parameter of the running command: ``{name: {"value": v, "source": "cli"|"config"|"default"|"env"}}``."""
-    out = {}
-    for p in ctx.command.params:
-        if not p.name or not p.expose_value or p.name == "help":
+# ----------------------------------------------------------------------------------- library calls
+
+
+def call(command: str, opts: Any, **extra: Any) -> Any:
+    """Run the library function of ``command`` with an options object (+ programmatic ``extra``
+    keywords such as ``on_sample``). The CLI commands and :func:`run` both go through here."""
+    if command == "extract":
+        from stfeat.extraction import extract_caches as fn
+    elif command == "fit":
+        from stfeat.fitting import fit_report as fn
+    elif command == "predict":
+        from stfeat.prediction import predict as fn
+    else:
+        raise KeyError(command)
+    return fn(*O.positional_args(opts), **O.library_kwargs(opts), **extra)
+
+
+def predict_out(opts: Any) -> Path:
+    """Where ``stfeat predict`` writes when ``out`` is not given: ``{sample}_predicted[_grid].h5ad``."""
+    if opts.out is not None:
+        return Path(opts.out)
+    return Path(f"{Path(opts.sample).name.split('.')[0]}_predicted{'_grid' if opts.grid_um else ''}.h5ad")
+
+
+def fit_summary(res: Any) -> list[str]:
+    """The lines ``stfeat fit`` prints after a fit: the split, genes and the comparison table."""
+    split_info = res.metrics["split"]
+    over = "sections" if split_info["mode"] == "loso" else split_info["group_kind"] + "s"
+    return [f"split: {split_info['mode']} over {over}; genes: {res.metrics['genes']['description']}; "
+            f"transform: {res.metrics['transform']}",
+            "mean Pearson r per held-out sample (columns) and mean over folds:",
+            res.comparison.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+
+
+def command_line(opts: Any, keys: Iterable[str] = ()) -> str:
+    """The ``stfeat COMMAND ...`` line equivalent to an options object: the options in ``keys``
+    (those a config set) and any other that differs from its default."""
+    cls = type(opts)
+    name = next(n for n, c in O.OPTIONS.items() if c is cls)
+    words = ["stfeat", name]
+    flags: list[str] = []
+    for key, f in O.fields_of(cls).items():
+        v = getattr(opts, key)
+        if f.metadata.get("positional"):
+            words.append(str(v))
             continue
-        src = ctx.get_parameter_source(p.name)
-        source = _SOURCE_NAMES.get(src.name, src.name.lower()) if src is not None else "default"
-        out[p.name] = {"value": _plain(ctx.params.get(p.name)), "source": source}
-    return out
+        if f.metadata.get("cli_only") or (v == O.default_of(cls, key) and key not in keys):
+            continue
+        if isinstance(v, bool):
+            flags.append(O.flag(key) if v else "--no-" + key.replace("_", "-"))
+        elif v is not None:
+            flags += [O.flag(key), _cli_word(v)]
+    return " ".join(shlex.quote(w) for w in words + flags)
 
 
-def _current_context() -> Any:
-    try:
-        from typer._click.globals import get_current_context
-    except ImportError:  # typer < 0.29 runs on click itself
-        from click import get_current_context
-    return get_current_context(silent=True)
+def _cli_word(v: Any) -> str:
+    if isinstance(v, dict):
+        return json.dumps(v, separators=(",", ":"))
+    if isinstance(v, list):
+        return ",".join(_cli_word(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
 
 
-def save_resolved_config(ctx: Any, out_dir: str | Path, *, extra: dict[str, Any] | None = None) -> Path | None:
-    """Write ``resolved_config.yaml`` into ``out_dir``: the command's resolved options and their sources.
+@dataclass
+class Step:
+    """One command of a config run: its options, the equivalent command line and its result."""
 
-    The file is a valid config (a section named after the command) plus a ``sources`` section that
-    says where each value came from (``cli``, ``config``, ``default`` or ``env``), so
-    ``stfeat --config out_dir/resolved_config.yaml COMMAND`` reruns the same thing.
+    command: str
+    options: Any
+    command_line: str
+    sources: dict[str, str]
+    result: Any = None
+
+
+def plan(config_path: str | Path, *, steps: Sequence[str] | None = None) -> tuple[Config, list[Step]]:
+    """Validate a config and list the commands :func:`run` would run (nothing runs).
+
+    ``steps`` default: extract and fit, plus predict when the config has a ``predict:`` section.
+    ``predict`` takes the model ``fit`` writes and the cache ``extract`` writes unless it names its own.
+    """
+    cfg = load_config(config_path)
+    if steps is None or isinstance(steps, str):
+        steps = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
+    bad = [s for s in steps or () if s not in STEPS]
+    if bad:
+        raise O.OptionError("steps", f"unknown step(s) {bad}.", f"use some of {', '.join(STEPS)}.")
+    wanted = list(steps) if steps else ["extract", "fit"] + (["predict"] if "predict" in cfg.sections else [])
+    resolved = validate(cfg, check_paths=wanted)
+    values = {k: dict(v) for k, v in resolved.values.items()}
+    origin = {k: dict(v) for k, v in resolved.origin.items()}
+    pred = values["predict"]
+    if "model_dir" not in pred:
+        pred["model_dir"] = values["fit"].get("out_dir", O.default_of(O.FitOptions, "out_dir"))
+        origin["predict"]["model_dir"] = "config"
+    if "cache_dir" not in pred and values["extract"].get("cache_dir") is not None:
+        pred["cache_dir"], origin["predict"]["cache_dir"] = values["extract"]["cache_dir"], "config"
+    out: list[Step] = []
+    for name in wanted:
+        cls = O.OPTIONS[name]
+        vals = values[name]
+        runs = [{**vals, "encoder": e} for e in vals["encoder"]] if isinstance(vals.get("encoder"), list) and \
+            not O.is_list(cls, "encoder") else [vals]
+        for v in runs:
+            missing = [k for k in O.required(cls) if v.get(k) is None]
+            if missing:
+                raise InputError(cfg.path, f"section {name!r} lacks {', '.join(repr(m) for m in missing)}, which "
+                                 f"`stfeat {name}` requires.", f"add {missing[0]}: ... under {name}: (or as a "
+                                 "shared top-level key).")
+            try:
+                opts = O.build(cls, v)
+            except InputError as exc:
+                raise InputError(cfg.path, f"section {name!r}: {exc.problem}", exc.fix) from None
+            srcs = {k: origin[name].get(k, "default") for k in O.fields_of(cls) if not O.meta(cls, k, "cli_only")}
+            out.append(Step(name, opts, command_line(opts, [k for k, s in srcs.items() if s == "config"]), srcs))
+    return cfg, out
+
+
+def run(config_path: str | Path, *, steps: Sequence[str] | str | None = None, dry_run: bool = False,
+        echo: Callable[[str], Any] | None = print) -> list[Step]:
+    """Run extract -> fit -> predict from one YAML config, the same as ``stfeat run CONFIG``.
 
     Parameters
     ----------
-    ctx
-        The command's click context; ``None`` takes the current one (returns ``None`` outside a CLI call).
-    out_dir
-        Folder (created if needed) next to the command's outputs.
-    extra
-        More provenance to record (e.g. the encoder's weights id).
+    config_path
+        The YAML file (see configs/). Paths in it are relative to it.
+    steps
+        Which of ``extract``, ``fit``, ``predict`` to run; default extract and fit, plus predict
+        when the config has a ``predict:`` section. A list of encoders is extracted once per encoder.
+    dry_run
+        Validate and return the steps (with their equivalent command lines), run nothing.
+    echo
+        Where progress lines go (``None``: nowhere).
 
     Returns
     -------
-    Path or None
-        The file written.
+    list[Step]
+        One per command, with ``result``: the cache paths (extract), the fit result (fit) or the
+        predicted AnnData (predict). Each step also writes ``resolved_config.yaml`` next to its outputs.
     """
-    import yaml
-
-    from stfeat import __version__
-
-    if ctx is None:
-        ctx = _current_context()
-        if ctx is None:
-            return None
-    name = ctx.info_name or ctx.command.name or "command"
-    params = resolved_params(ctx)
-    cfg = None
-    c = ctx
-    while c is not None and cfg is None:
-        cfg = c.meta.get("stfeat.config")
-        c = c.parent
-    doc = {
-        "stfeat_version": __version__,
-        "command": name,
-        "config_file": str(cfg.path) if cfg is not None and cfg.path is not None else None,
-        name: {k: v["value"] for k, v in params.items()},
-        "sources": {name: {k: v["source"] for k, v in params.items()}},
-    }
-    if extra:
-        doc["notes"] = _plain(extra)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESOLVED_CONFIG_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    header = (f"# Resolved options of `stfeat {name}` (stfeat {__version__}).\n"
-              f"# Rerun with: stfeat --config {path.name} {name}\n")
-    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-    os.replace(tmp, path)
-    return path
+    say = echo or (lambda _s: None)
+    cfg, todo = plan(config_path, steps=steps)
+    for i, step in enumerate(todo, start=1):
+        say(f"[{i}/{len(todo)}] {step.command_line}")
+        if dry_run:
+            continue
+        opts = step.options
+        prov = dict(sources=step.sources, config_file=cfg.path, command=step.command)
+        if step.command == "extract":
+            step.result = call("extract", opts, on_sample=lambda r: say(r.line()))
+            for folder in sorted({Path(p).parent for p in step.result}):
+                save_resolved_config(None, folder, options=opts, **prov)
+        elif step.command == "fit":
+            step.result = call("fit", opts)
+            save_resolved_config(None, opts.out_dir, options=opts, **prov)
+            for note in step.result.notes:
+                say(f"NOTE: {note}")
+            for line in fit_summary(step.result):
+                say(line)
+        else:
+            opts.out = predict_out(opts)
+            step.result = call("predict", opts)
+            save_resolved_config(None, Path(opts.out).parent, options=opts, **prov)
+            say(f"predicted {step.result.n_vars} genes at {step.result.n_obs} points -> {opts.out}")
+    return todo
 
 
 __all__ = [
     "Config",
-    "RESOLVED_CONFIG_NAME",
+    "Resolved",
+    "STEPS",
+    "Step",
     "apply_config",
-    "build_default_map",
-    "cli_command_names",
-    "command_options",
+    "call",
+    "command_line",
+    "default_map",
+    "fit_summary",
     "load_config",
-    "resolved_params",
-    "save_resolved_config",
+    "plan",
+    "predict_out",
+    "run",
+    "validate",
 ]

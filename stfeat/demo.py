@@ -1,12 +1,12 @@
 """``stfeat demo``: the whole pipeline end to end, offline, in a few minutes on a laptop CPU.
 
-Without data it generates the synthetic dataset (:mod:`stfeat.synthetic`: 3 patients x 2 sections,
+Without data it generates the synthetic dataset (:mod:`stfeat.datasets`: 3 patients x 2 sections,
 labelled ``SYN-...``), extracts features with the no-weights ``classical`` encoder at three fields
 of view, fits a few heads with a patient-grouped split, and writes metrics, plots and predictions.
 With ``data=`` it runs the same steps on the user's own sample, folder or manifest.
 
-It calls the library functions the CLI commands call (:func:`stfeat.extract.extract`,
-:func:`stfeat.fit.fit`, :func:`stfeat.predict.predict`), never copies of them.
+It calls the library functions the CLI commands call (:func:`stfeat.extraction.extract`,
+:func:`stfeat.fitting.fit`, :func:`stfeat.prediction.predict`), never copies of them.
 """
 
 from __future__ import annotations
@@ -112,20 +112,20 @@ def run_demo(
     um_per_px
         Override the samples' micrometres per pixel (user data lacking it).
     device, num_workers
-        Passed to :func:`stfeat.extract.extract`.
+        Passed to :func:`stfeat.extraction.extract`.
     seed
         Seed of the synthetic dataset and of the heads.
     quick
         Reduced settings (smaller dataset, two heads); default from ``$STFEAT_DEMO_QUICK``.
     predict
-        Also predict one held-in sample with the refit model (``fit/demo_prediction.h5ad``) when
-        :mod:`stfeat.predict` is available.
+        Also predict one held-in sample with the refit model (``demo_prediction_{sample}.h5ad``) when
+        :mod:`stfeat.prediction` is available.
     on_step
         Called with a one-line message before each step (the CLI prints them).
     """
-    from stfeat.extract import extract
-    from stfeat.fit import fit
-    from stfeat.synthetic import SYNTHETIC_BANNER, make_synthetic_dataset
+    from stfeat.extraction import extract_caches
+    from stfeat.fitting import fit_report
+    from stfeat.datasets import SYNTHETIC_BANNER, make_synthetic_dataset
 
     say = on_step or (lambda msg: log.info("%s", msg))
     quick = quick_mode() if quick is None else bool(quick)
@@ -152,14 +152,14 @@ def run_demo(
     say(f"[2/4] extract: encoder {encoder}, fields of view {', '.join(f'{s:g}' for s in scales_um)} um "
         f"-> {cache_dir}")
     t0 = time.perf_counter()
-    files = extract(data_path, encoder=encoder, weights=weights, scales_um=list(scales_um), cache_dir=cache_dir,
+    files = extract_caches(data_path, encoder=encoder, weights=weights, scales_um=list(scales_um), cache_dir=cache_dir,
                     num_workers=num_workers, device=device, um_per_px=um_per_px)
     seconds["extract"] = time.perf_counter() - t0
 
     fit_dir = out / "fit"
     say(f"[3/4] fit: heads {', '.join(heads)}; genes {genes}; split {split} (patient-grouped) -> {fit_dir}")
     t0 = time.perf_counter()
-    res = fit(data_path, encoder=encoder, cache_dir=cache_dir, heads=heads, genes=genes, split=split,
+    res = fit_report(data_path, encoder=encoder, cache_dir=cache_dir, head=heads, genes=genes, split=split,
               out_dir=fit_dir, seed=seed)
     seconds["fit"] = time.perf_counter() - t0
 
@@ -174,22 +174,18 @@ def run_demo(
 
 
 def _predict_one(result: DemoResult, res: Any, say: Callable[[str], None]) -> Path | None:
-    """Predict the first sample with the first head's refit model, if stage-two predict exists."""
-    try:
-        from stfeat.predict import predict
-    except ImportError:  # predict lands separately; the demo still completes without it
-        result.notes.append("stfeat.predict is not available: skipped the prediction step")
-        return None
+    """Predict the first sample with the best head by cross-validation (its refit model, with an intercept)."""
     from stfeat.io import resolve_samples
+    from stfeat.prediction import predict
 
     model_dirs = getattr(res, "model_dirs", {}) or {}
     if not model_dirs:
         return None
-    head = result.heads[0]
-    model_dir = model_dirs.get(head) or next(iter(model_dirs.values()))
+    best = res.metrics.get("best_model") or next(iter(model_dirs))
+    model_dir = model_dirs[best]
     ref = resolve_samples(result.data)[0]
-    dest = result.fit_dir / f"demo_prediction_{ref.sample_id}.h5ad"
-    say(f"[4/4] predict: {ref.sample_id} with the refit {head} model -> {dest}")
+    dest = result.out_dir / f"demo_prediction_{ref.sample_id}.h5ad"  # fit/ is replaced whole by a refit
+    say(f"[4/4] predict: {ref.sample_id} with the refit {best} model (best by cross-validation) -> {dest}")
     t0 = time.perf_counter()
     predict(model_dir, ref, out=dest, cache_dir=result.cache_dir)
     result.seconds["predict"] = time.perf_counter() - t0
@@ -224,7 +220,7 @@ def next_steps(result: DemoResult) -> list[str]:
         "stfeat encoders                                  # the encoder registry (licenses, gated access)",
         "stfeat extract PATH --encoder uni --cache-dir cache   # PATH: Space Ranger outs/, HEST-1k root, "
         "legacy ST folder or manifest.csv",
-        "stfeat fit PATH --encoder uni --cache-dir cache --head hest-ridge,lgbm --out runs/uni",
+        "stfeat fit PATH --encoder uni --cache-dir cache --head hest-ridge,lgbm --out-dir runs/uni",
         "stfeat run configs/hest_benchmark.yaml           # the HEST-Benchmark protocol from one config",
         f"stfeat demo --data PATH --out {result.out_dir.name}_mine   # this demo on your own data",
     ]

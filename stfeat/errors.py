@@ -26,9 +26,34 @@ class InputError(StfeatError, ValueError):
         self.path = None if path is None else Path(path)
         self.problem = problem
         self.fix = fix
-        where = f"{self.path}: " if self.path is not None else ""
-        super().__init__(f"{where}{problem} Fix: {fix}")
+        where = f"{_printable(self.path)}: " if self.path is not None else ""
+        super().__init__(f"{where}{_printable(problem)} Fix: {_printable(fix)}")
+
+    def __reduce__(self):  # picklable (DataLoader workers hand it to the main process intact)
+        return (type(self), (self.path, self.problem, self.fix))
+
+
+def _printable(v: object) -> str:
+    """``str(v)`` that any terminal can print: bytes of a name that is not UTF-8 become U+FFFD."""
+    return str(v).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class CacheLockedError(StfeatError):
     """Another process holds the lock of a feature cache file."""
+
+
+class ResourceError(StfeatError):
+    """The machine ran out of something (disk, a file-size limit, shared memory, a worker process).
+
+    Parameters are those of :class:`InputError`: the file or folder concerned, the problem, the fix.
+    """
+
+    def __init__(self, path: str | Path | None, problem: str, fix: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        self.fix = fix
+        where = f"{_printable(self.path)}: " if self.path is not None else ""
+        super().__init__(f"{where}{_printable(problem)} Fix: {_printable(fix)}")
+
+    def __reduce__(self):  # picklable across DataLoader workers
+        return (type(self), (self.path, self.problem, self.fix))

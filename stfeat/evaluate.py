@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from stfeat.errors import InputError
+
 log = logging.getLogger(__name__)
 
 SPLIT_MODES = ("auto", "lopo", "group-kfold", "loso")
@@ -81,20 +83,20 @@ def assert_disjoint(folds: Sequence[Fold], groups: dict[str, str]) -> None:
 
 
 def parse_split(split: str) -> tuple[str, int | None]:
-    """(mode, k) of a split spec; ValueError naming the valid forms."""
+    """(mode, k) of a split spec; InputError naming the valid forms."""
     mode, _, arg = str(split).strip().lower().partition(":")
     if mode not in SPLIT_MODES:
-        raise ValueError(f"unknown split {split!r}; choose auto, lopo, group-kfold:K or loso")
+        raise InputError(None, f"unknown split {split!r}.", "choose auto, lopo, group-kfold:K or loso.")
     if mode == "group-kfold":
         try:
             k = int(arg or 5)
         except ValueError:
-            raise ValueError(f"split {split!r}: the fold count must be an integer, e.g. group-kfold:5") from None
+            raise InputError(None, f"split {split!r}: the fold count must be an integer.", "write e.g. group-kfold:5.") from None
         if k < 2:
-            raise ValueError(f"split {split!r}: group-kfold needs at least 2 folds")
+            raise InputError(None, f"split {split!r}: group-kfold needs at least 2 folds.", "write e.g. group-kfold:5.")
         return mode, k
     if arg:
-        raise ValueError(f"split {split!r}: {mode} takes no argument")
+        raise InputError(None, f"split {split!r}: {mode} takes no argument.", f"write {mode}.")
     return mode, None
 
 
@@ -117,9 +119,11 @@ def make_splits(sample_ids: Sequence[str], patients: Sequence[str | None], split
     """
     sample_ids = [str(s) for s in sample_ids]
     if len(set(sample_ids)) != len(sample_ids):
-        raise ValueError(f"duplicated sample ids: {sorted({s for s in sample_ids if sample_ids.count(s) > 1})}")
+        raise InputError(None, f"duplicated sample ids: {sorted({s for s in sample_ids if sample_ids.count(s) > 1})}.",
+                         "give every sample (section) its own id.")
     if len(sample_ids) < 2:
-        raise ValueError("evaluation needs at least two samples (one to train on, one to test on)")
+        raise InputError(None, "evaluation needs at least two samples (one to train on, one to test on).",
+                         "give two or more samples.")
     mode, k = parse_split(split)
     known = [p for p in patients if p not in (None, "")]
     notes: list[str] = []
@@ -142,9 +146,9 @@ def make_splits(sample_ids: Sequence[str], patients: Sequence[str | None], split
         mode = "loso" if (single_patient or group_kind == "section") else "lopo"
     if mode == "loso":
         if group_kind == "patient" and not single_patient:
-            raise ValueError(
-                f"split 'loso' would put sections of one patient in both train and test ({n_groups} patients "
-                f"over {len(sample_ids)} sections); use --split lopo or group-kfold:K")
+            raise InputError(
+                None, f"split 'loso' would put sections of one patient in both train and test ({n_groups} patients "
+                f"over {len(sample_ids)} sections).", "use split lopo or group-kfold:K.")
         if single_patient:
             pid = next(iter(groups.values()))
             notes.append(f"all {len(sample_ids)} sections come from one patient: {pid}; leave-one-section-out, "
@@ -155,8 +159,8 @@ def make_splits(sample_ids: Sequence[str], patients: Sequence[str | None], split
         resolved = "loso"
     elif mode == "lopo":
         if n_groups < 2:
-            raise ValueError(f"leave-one-patient-out needs at least two patients; all samples are patient "
-                             f"{next(iter(groups.values()))}. Use --split loso (leave one section out)")
+            raise InputError(None, f"leave-one-patient-out needs at least two patients; all samples are patient "
+                             f"{next(iter(groups.values()))}.", "use split loso (leave one section out).")
         folds = []
         for g in sorted(set(groups.values()), key=lambda x: [groups[s] for s in sample_ids].index(x)):
             test = [s for s in sample_ids if groups[s] == g]
@@ -167,8 +171,8 @@ def make_splits(sample_ids: Sequence[str], patients: Sequence[str | None], split
         from sklearn.model_selection import GroupKFold
 
         if n_groups < k:
-            raise ValueError(f"group-kfold:{k} needs at least {k} {group_kind}s, there are {n_groups}; "
-                             f"use fewer folds or --split lopo")
+            raise InputError(None, f"group-kfold:{k} needs at least {k} {group_kind}s, there are {n_groups}.",
+                             "use fewer folds or split lopo.")
         gk = GroupKFold(n_splits=k)
         idx = np.arange(len(sample_ids))
         folds = []

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,27 +42,6 @@ def cache_file(cache_dir: str | Path, encoder: str, sample_id: str) -> Path:
     from stfeat.cache import cache_path, encoder_tag
 
     return Path(cache_path(cache_dir, encoder_tag(encoder), sample_id))
-
-
-def knn_within(coords_um: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest other spots (self excluded); -1 / inf pads samples with fewer than k+1 spots.
-
-    Used when a cache holds fewer than k neighbours and for prediction grids.
-    """
-    n = len(coords_um)
-    idx = np.full((n, k), -1, dtype=np.int64)
-    dist = np.full((n, k), np.inf, dtype=np.float32)
-    kk = min(k, n - 1)
-    if kk <= 0 or k <= 0:
-        return idx, dist
-    # exact k-d tree on 2-D coordinates: ~0.2 s for 100,000 spots (a flat FAISS index is O(n^2) here)
-    from scipy.spatial import cKDTree
-
-    d, i = cKDTree(coords_um).query(coords_um, k=kk + 1)
-    d, i = d[:, 1:], i[:, 1:]
-    idx[:, :kk] = i
-    dist[:, :kk] = d
-    return idx, dist
 
 
 @dataclass
@@ -87,6 +66,9 @@ class SampleFeatures:
     neighbor_dist_um: np.ndarray | None = None
     source: Path | None = None
     attrs: dict = field(default_factory=dict)
+    #: the sample's counts (:class:`stfeat.targets.Expression`) and its :class:`stfeat.io.Sample`, when loaded
+    expression: Any = None
+    sample: Any = None
 
     @property
     def n_spots(self) -> int:
@@ -105,7 +87,8 @@ class SampleFeatures:
         path = Path(path)
         names = None if scales is None else [scale_name(s) for s in scales]
         try:
-            data = read_cache(path, scales=None if names is None else [float(s) for s in names])
+            data = read_cache(path, scales=None if names is None else [float(s) for s in names],
+                              sample_id=sample_id)
         except (OSError, KeyError) as exc:
             raise InputError(path, f"cannot read the feature cache ({exc}).",
                              "re-run `stfeat extract` for this sample (add --overwrite).") from None
@@ -115,7 +98,7 @@ class SampleFeatures:
             if absent:
                 raise InputError(path, f"the cache has no features at scale(s) {absent} um "
                                  f"(it has {sorted(feats, key=float)}).",
-                                 "extract them with `stfeat extract ... --scales` or choose cached scales.")
+                                 "extract them with `stfeat extract ... --scales-um` or choose cached scales.")
             feats = {s: feats[s] for s in names}
         attrs = dict(data.attrs)
         um = attrs.get("um_per_px")
@@ -163,7 +146,7 @@ class SampleFeatures:
             sample_id=self.sample_id, patient=self.patient, barcodes=barcodes, coords_px=self.coords_px[order],
             um_per_px=self.um_per_px, features={k: v[order] for k, v in self.features.items()}, neighbors=nb,
             neighbor_dist_um=None if self.neighbor_dist_um is None else self.neighbor_dist_um[order],
-            source=self.source, attrs=self.attrs)
+            source=self.source, attrs=self.attrs, expression=self.expression, sample=self.sample)
 
     def neighbor_graph(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(idx, dist_um) of the k nearest other spots: the cached graph if it has k, else recomputed."""
@@ -174,7 +157,9 @@ class SampleFeatures:
             if d is None:
                 d = np.linalg.norm(self.coords_um[self.neighbors[:, :k]] - self.coords_um[:, None], axis=-1)
             return self.neighbors[:, :k], np.asarray(d[:, :k], np.float32)
-        idx, dist = knn_within(self.coords_um, k)
+        from stfeat.neighbors import spatial_neighbors
+
+        idx, dist = spatial_neighbors(self.coords_um, k)
         self.neighbors, self.neighbor_dist_um = idx, dist
         return idx, dist
 
@@ -190,7 +175,12 @@ class FeatureSet:
         Scale names to use, in order (default: those of the first sample, ascending).
     """
 
-    def __init__(self, samples: Sequence[SampleFeatures], scales: Sequence[str | float] | None = None) -> None:
+    def __init__(self, samples: Sequence[SampleFeatures], scales: Sequence[str | float] | None = None, *,
+                 encoder: str | None = None, cache_dir: str | Path | None = None, source: str | None = None) -> None:
+        self.encoder = encoder
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.source = source  # the path the samples came from, quoted in hints
+        self._targets: dict[tuple, np.ndarray] = {}
         if not samples:
             raise ValueError("FeatureSet needs at least one sample")
         self.samples = {s.sample_id: s for s in samples}
@@ -216,12 +206,93 @@ class FeatureSet:
     @classmethod
     def from_caches(cls, samples: Sequence[tuple[str, str | None, Path, Sequence[str], str | Path | None]], *,
                     scales: Sequence[str | float] | None = None) -> "FeatureSet":
-        """Load caches: one ``(sample_id, patient, cache_path, sample_barcodes, sample_path)`` per sample."""
+        """Load caches: one ``(sample_id, patient, cache_path, sample_barcodes, sample_path)`` per sample.
+
+        The caches must agree on the encoder configuration (``stfeat.cache.check_compatible``); without
+        ``scales``, the scales every cache holds are used (a message names any left out).
+        """
+        from stfeat.cache import check_compatible, read_attrs
+
+        scales = check_compatible([(sid, Path(path), read_attrs(path)) for sid, _, path, _, _ in samples],
+                                  scales)
         out = []
         for sid, patient, path, barcodes, spath in samples:
             sf = SampleFeatures.from_cache(path, scales=scales, patient=patient, sample_id=sid)
             out.append(sf.aligned_to(barcodes, sample_path=spath))
         return cls(out, scales=scales)
+
+    @classmethod
+    def load(cls, samples: Any, *, encoder: str, cache_dir: str | Path,
+             scales_um: Sequence[float | str] | None = None) -> "FeatureSet":
+        """The cached features of ``samples`` for ``encoder``, with their counts for stage two.
+
+        ``samples`` is anything :func:`stfeat.io.as_samples` takes. A missing cache is an InputError
+        naming the ``stfeat extract`` command to run.
+        """
+        import os
+
+        from stfeat.io import as_samples
+        from stfeat.targets import Expression
+
+        source = str(samples) if isinstance(samples, (str, os.PathLike)) else None
+        loaded = as_samples(samples)
+        paths = {s.sample_id: cache_file(cache_dir, encoder, s.sample_id) for s in loaded}
+        missing = [s for s in loaded if not paths[s.sample_id].exists()]
+        if missing:
+            target = source or " ".join(str(s.meta.get("source_path", "")) for s in missing) or "SAMPLES"
+            sc = "" if not scales_um else " --scales-um " + ",".join(f"{float(x):g}" for x in scales_um)
+            raise InputError(paths[missing[0].sample_id], f"no feature cache for encoder {encoder!r} and sample(s) "
+                             f"{[s.sample_id for s in missing]} in {cache_dir}.",
+                             f"run `stfeat extract {target} --encoder {encoder} --cache-dir {cache_dir}{sc}` first.")
+        from stfeat.cache import check_compatible, read_attrs
+
+        scales_um = check_compatible([(s.sample_id, paths[s.sample_id], read_attrs(paths[s.sample_id]))
+                                      for s in loaded], scales_um)
+        out = []
+        for s in loaded:
+            sf = SampleFeatures.from_cache(paths[s.sample_id], scales=scales_um, patient=s.patient,
+                                           sample_id=s.sample_id)
+            sf = sf.aligned_to(s.barcodes, sample_path=s.meta.get("source_path"))
+            sf.expression, sf.sample = Expression.from_sample(s), s
+            out.append(sf)
+        return cls(out, scales=scales_um, encoder=encoder, cache_dir=cache_dir, source=source)
+
+    def subset(self, ids: Sequence[str]) -> "FeatureSet":
+        """The same features for some of the samples (e.g. one patient)."""
+        return FeatureSet([self.samples[s] for s in ids], scales=self.scales, encoder=self.encoder,
+                          cache_dir=self.cache_dir, source=self.source)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        n = sum(s.n_spots for s in self.samples.values())
+        return (f"FeatureSet(encoder={self.encoder!r}, {len(self)} samples, {n} spots, scales_um={self.scales}, "
+                f"dim={self.dim}, grouped by {self.group_kind})")
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """What identifies these features: encoder, weights, config hash, scales (from the first cache)."""
+        attrs = self.samples[self.sample_ids[0]].attrs
+        return {"encoder": str(self.encoder or attrs.get("encoder", "")),
+                "weights_id": str(attrs.get("weights_id", "")),
+                "encoder_config_hash": str(attrs.get("config_hash", "")), "scales_um": ",".join(self.scales)}
+
+    def expression(self, sample_id: str) -> Any:
+        e = self.samples[sample_id].expression
+        if e is None:
+            raise InputError(self.samples[sample_id].source, f"sample {sample_id} was loaded without its counts.",
+                             "build the FeatureSet with FeatureSet.load(samples, ...) or st.extract(...).")
+        return e
+
+    def targets(self, sample_id: str, genes: Sequence[str], transform: str = "log1p_cp10k") -> np.ndarray:
+        """Target matrix (spots x genes) of one sample under ``transform`` (memoised)."""
+        from stfeat.targets import target_matrix
+
+        key = (sample_id, tuple(genes), transform)
+        if key not in self._targets:
+            self._targets[key] = target_matrix(self.expression(sample_id), genes, transform)
+        return self._targets[key]
 
     # ------------------------------------------------------------------------------ bookkeeping
     @property

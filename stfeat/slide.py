@@ -5,9 +5,9 @@ Every public coordinate is in *level-0 coordinate pixels*: the frame of the spot
 Space Ranger hires/lowres image exists, the image holds ``scale`` pixels per coordinate pixel (``scale < 1``)
 and the slide maps coordinates through it, so callers never see the difference.
 
-Plain JPEG/PNG images are decoded once per machine into a read-only ``np.memmap`` (in
-``$STFEAT_CACHE_DIR/slides`` or the temp dir, keyed by path, mtime and size), together with a small
-pyramid of 4x reductions. DataLoader worker processes map the same pages, so a 10k x 10k JPEG is decoded
+Plain JPEG/PNG images are decoded once per machine into a read-only ``np.memmap`` in the private,
+size-capped decoded-slide cache (:mod:`stfeat.slide_cache`; keyed by path, mtime and size, each file
+checked against a header naming its source), together with a small pyramid of 4x reductions. DataLoader worker processes map the same pages, so a 10k x 10k JPEG is decoded
 once, not once per crop or per worker. A :class:`Slide` pickles without its open handles and re-opens lazily.
 
 Attributes of :class:`Slide`
@@ -20,17 +20,16 @@ um_per_px / um_per_px_source (per coordinate px, when the file states it), scale
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import tempfile
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from stfeat import _constants as K
+from stfeat._image_checks import _check_decode_size, _grey_fill_rows
 from stfeat.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -66,13 +65,6 @@ def _corrupt(path: Path, exc: BaseException | str) -> InputError:
     )
 
 
-def _slide_cache_dir() -> Path:
-    base = os.environ.get(K.ENV_CACHE_DIR)
-    root = Path(base) / "slides" if base else Path(tempfile.gettempdir()) / f"stfeat-slides-{os.getuid()}"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
 def _plausible(um: float | None) -> bool:
     return um is not None and np.isfinite(um) and _UM_PER_PX_RANGE[0] <= um <= _UM_PER_PX_RANGE[1]
 
@@ -103,45 +95,83 @@ class _PilBackend:
             self.level_dimensions.append((w, h))
         self.level_downsamples = [self.size[0] / d[0] for d in self.level_dimensions]
         self._levels: dict[int, np.ndarray] = {}
+        self._identity: dict | None = None
+        _check_decode_size(path, self.size)
+
+    def _ident(self) -> dict:
+        if self._identity is None:
+            from stfeat.slide_cache import source_identity
+
+            self._identity = source_identity(self.path)
+        return self._identity
 
     def _key(self) -> str:
-        st = self.path.stat()
-        raw = f"{self.path.resolve()}|{st.st_mtime_ns}|{st.st_size}".encode()
-        return hashlib.sha1(raw).hexdigest()[:20]
+        from stfeat.slide_cache import entry_key
+
+        return entry_key(self._ident())
+
+    def _entry(self, i: int) -> Path:
+        from stfeat.slide_cache import cache_dir, entry_name
+
+        w, h = self.level_dimensions[i]
+        return cache_dir() / entry_name(self._key(), i, w, h)
 
     def level(self, i: int) -> np.ndarray:
         """The (h, w, 3) uint8 pixels of level ``i``, memory-mapped read-only."""
+        from stfeat.slide_cache import open_entry, valid_entry
+
         if i in self._levels:
             return self._levels[i]
         w, h = self.level_dimensions[i]
-        f = _slide_cache_dir() / f"{self._key()}.L{i}.{w}x{h}.u8"
-        if not f.exists():
+        f = self._entry(i)
+        if not valid_entry(f, self._ident(), i, w, h):
+            if f.exists() or f.is_symlink():
+                log.warning("%s does not match %s (planted, stale or damaged): decoding again", f, self.path)
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
             self._build(i, f)
-        arr = np.memmap(f, dtype=np.uint8, mode="r", shape=(h, w, 3))
+        arr = open_entry(f, w, h)
         self._levels[i] = arr
         return arr
 
     def _build(self, i: int, f: Path) -> None:
         from PIL import Image
 
+        from stfeat import slide_cache
+
         w, h = self.level_dimensions[i]
         if i == 0:
+            _check_decode_size(self.path, self.size)
             try:
                 with _no_bomb_guard(), Image.open(self.path) as im:
                     rgb = _to_rgb(im)
             except (OSError, SyntaxError, ValueError) as exc:
                 raise _corrupt(self.path, exc) from None
+            except MemoryError:
+                raise InputError(self.path, f"decoding this {w} x {h} px image ran out of memory.",
+                                 "convert it to a tiled pyramidal TIFF (vips tiffsave --tile --pyramid).") from None
             log.info("decoded %s (%d x %d px) into %s", self.path, w, h, f)
         else:
             prev = self.level(i - 1)
             rgb = Image.fromarray(np.asarray(prev)).resize((w, h), Image.Resampling.BOX)
         arr = np.asarray(rgb, dtype=np.uint8)
-        tmp = f.with_name(f"{f.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(h, w, 3))
-        mm[:] = arr
-        mm.flush()
-        del mm
-        os.replace(tmp, f)
+        if i == 0 and self.format == "JPEG" and (grey := _grey_fill_rows(arr)) >= 16:
+            raise _corrupt(self.path, f"the last {grey} of {h} pixel rows decode to the decoder's uniform grey fill: "
+                           "the JPEG data ends early (truncated, end marker kept)")
+        free = shutil.disk_usage(f.parent).free
+        if free < arr.nbytes + (64 << 20):
+            slide_cache.evict(keep=[self._key()], root=f.parent)
+            free = shutil.disk_usage(f.parent).free
+            if free < arr.nbytes + (64 << 20):
+                raise InputError(f.parent, f"the disk of the decoded-slide cache has {free / 1e9:.2f} GB free; decoding "
+                                 f"{self.path.name} needs {arr.nbytes / 1e9:.2f} GB.", "free disk space, or point "
+                                 f"${slide_cache.ENV_DIR} to a larger disk (`stfeat cache clean` frees this cache).")
+        try:
+            slide_cache.write_entry(f, self._ident(), i, arr)
+        except OSError as exc:
+            raise InputError(f, f"cannot write the decoded slide ({exc.strerror or exc}).", "free disk space, or "
+                             f"point ${slide_cache.ENV_DIR} to another disk.") from None
+        slide_cache.evict(keep=[self._key()], root=f.parent)
 
     def read(self, level: int, x0: int, y0: int, w: int, h: int) -> tuple[np.ndarray, bool]:
         return _window(self.level(level), x0, y0, w, h)
@@ -168,8 +198,10 @@ class _PilBackend:
 
 
 def _level_file_exists(b: _PilBackend, i: int) -> bool:
+    from stfeat.slide_cache import valid_entry
+
     w, h = b.level_dimensions[i]
-    return (_slide_cache_dir() / f"{b._key()}.L{i}.{w}x{h}.u8").exists()
+    return valid_entry(b._entry(i), b._ident(), i, w, h)
 
 
 def _to_rgb(im: Any) -> Any:

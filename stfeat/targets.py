@@ -117,9 +117,9 @@ class Expression:
 
 
 def check_transform(name: str) -> str:
-    """Return ``name`` if it is a known target transform, else raise ValueError listing them."""
+    """Return ``name`` if it is a known target transform, else raise InputError listing them."""
     if name not in TRANSFORMS:
-        raise ValueError(f"unknown target transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
+        raise InputError(None, f"unknown target transform {name!r}.", f"choose one of {', '.join(TRANSFORMS)}.")
     return name
 
 
@@ -213,14 +213,14 @@ class GeneRule:
             except ValueError:
                 k = -1
             if k <= 0:
-                raise ValueError(f"gene rule {spec!r}: {kind} needs a positive count, e.g. {kind}:50")
+                raise InputError(None, f"gene rule {spec!r}: {kind} needs a positive count.", f"write e.g. {kind}:50.")
             return cls(kind, k=k)
         if kind == "file" and arg:
             p = Path(arg).expanduser()
             if not p.is_file():
                 raise InputError(p, "gene list file not found.", "give an existing file, one gene symbol per line.")
             return cls("file", path=p)
-        raise ValueError(f"unknown gene rule {spec!r}; use hvg:K, hex:K, file:PATH or common")
+        raise InputError(None, f"unknown gene rule {spec!r}.", "use hvg:K, hex:K, file:PATH or common.")
 
     def describe(self) -> str:
         if self.kind == "hvg":

@@ -44,3 +44,16 @@ def her2st(shared_data: Path) -> Path:
     if not p.is_dir():
         pytest.skip(f"{p} is absent")
     return p
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_slide_cache(tmp_path_factory):
+    """Decoded slides of the test run go to a temporary slide cache, not the user's ~/.cache/stfeat."""
+    if "STFEAT_SLIDE_CACHE" in os.environ:
+        yield
+        return
+    os.environ["STFEAT_SLIDE_CACHE"] = str(tmp_path_factory.mktemp("slide-cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("STFEAT_SLIDE_CACHE", None)

@@ -45,9 +45,16 @@ def test_names_and_paths():
     assert encoder_tag("timm:densenet121") == "timm-densenet121"
     assert encoder_tag("hf-hub:MahmoodLab/UNI") == "hf-hub-mahmoodlab-uni"
     assert encoder_tag("/x/y/My Weights.safetensors") == "my-weights"
+    assert cache_path("/c", "uni", "C2") == Path("/c/uni/C2.h5")  # a safe id is kept as it is
     p = cache_path("/c", "uni", "A/B 1")
-    assert p == Path("/c/uni/A_B_1.h5")
-    assert partial_path(p).name == "A_B_1.h5.partial"
+    assert p.parent == Path("/c/uni") and p.name.startswith("A_B_1~") and p.name.endswith(".h5")
+    assert partial_path(p).name == p.name + ".partial"
+
+
+def test_cache_names_are_injective():
+    ids = ["A B", "A_B", "A/B", "A_B~x", "\u00e9\u00e8", "\u00e8\u00e9", ".x", "x", "A_B~" + "0" * 10]
+    names = {cache_path("/c", "uni", i).name for i in ids}
+    assert len(names) == len(ids)
 
 
 def test_round_trip_layout_and_attrs(tmp_path):

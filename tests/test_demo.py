@@ -72,7 +72,7 @@ def test_demo_runs_end_to_end_offline(tmp_path_factory):
     assert sorted(p.name for p in (fit / "predictions").glob("*.h5ad")) == [
         "classical__hest-ridge.h5ad", "classical__ridge.h5ad"]
     assert list((fit / "plots").rglob("*.png"))
-    assert (fit / "demo_prediction_SYN-P1-S1.h5ad").is_file()
+    assert (out / "demo_prediction_SYN-P1-S1.h5ad").is_file()  # beside fit/, which a refit replaces whole
     resolved = (out / "resolved_config.yaml").read_text()
     assert "sources:" in resolved and "out: cli" in resolved
 
@@ -98,13 +98,13 @@ def test_demo_split_is_patient_grouped_and_heads_learn(demo_workspace):
 
 def test_demo_on_user_data_and_bad_data(tmp_path):
     from stfeat.cli import app
-    from stfeat.synthetic import make_synthetic_dataset
+    from stfeat.datasets import make_synthetic_dataset
 
     ds = make_synthetic_dataset(tmp_path / "mine", n_patients=2, sections_per_patient=1, n_genes=70,
                                 size_um=(500.0, 500.0), seed=5)
     out = tmp_path / "demo_mine"
     r = CliRunner().invoke(app, ["demo", "--data", str(ds.manifest), "--out", str(out), "--head", "ridge",
-                                 "--scales", "112", "--genes", "hvg:20"])
+                                 "--scales-um", "112", "--genes", "hvg:20"])
     assert r.exit_code == 0, r.output
     assert "SYNTHETIC DATA" not in r.output.split("[1/4]")[0]  # no banner for user data
     assert f"[1/4] your data: {ds.manifest}" in r.output and "on your data" in r.output
@@ -115,5 +115,5 @@ def test_demo_on_user_data_and_bad_data(tmp_path):
     bad = CliRunner().invoke(app, ["demo", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1
     assert "nowhere" in bad.output and "Traceback" not in bad.output
-    bad = CliRunner().invoke(app, ["demo", "--scales", "112,big", "--out", str(tmp_path / "y")])
-    assert bad.exit_code == 2 and "--scales" in bad.output
+    bad = CliRunner().invoke(app, ["demo", "--scales-um", "112,big", "--out", str(tmp_path / "y")])
+    assert bad.exit_code == 2 and "--scales-um" in bad.output

@@ -183,8 +183,8 @@ def test_cli_extract_mode_dense_on_visium_hd(tmp_path):
     make_visium_hd(tmp_path / "HD1", bins=(8,), extent_um=160.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = CliRunner().invoke(app, ["extract", str(tmp_path / "HD1"), "--encoder", "resnet50-trunc", "--random-weights",
-                                     "--scales", "64", "--mode", "dense", "--cache-dir", str(tmp_path / "c"),
+        r = CliRunner().invoke(app, ["extract", str(tmp_path / "HD1"), "--encoder", "resnet50-trunc", "--no-pretrained",
+                                     "--scales-um", "64", "--mode", "dense", "--cache-dir", str(tmp_path / "c"),
                                      "--k-neighbors", "0"])
     assert r.exit_code == 0, r.output
     with h5py.File(tmp_path / "c" / "resnet50-trunc" / "HD1.h5", "r") as f:

@@ -14,7 +14,7 @@ import pytest
 
 from stfeat.cache import cache_lock, partial_path, read_attrs, read_cache
 from stfeat.errors import CacheLockedError, InputError
-from stfeat.extract import extract, extract_points
+from stfeat.extraction import extract_caches as extract, extract_points
 from stfeat.neighbors import spatial_neighbors
 
 from test_extract_fakes import UM_PER_PX, fake_sample, tiny_encoder
@@ -90,7 +90,7 @@ def test_complete_files_are_skipped_without_building_a_model(tmp_path, monkeypat
     def boom(*a, **k):
         raise AssertionError("a model was built for a complete cache")
 
-    monkeypatch.setattr("stfeat.extract._build_encoder", boom)
+    monkeypatch.setattr("stfeat.extraction._build_encoder", boom)
     (p2,), (res,) = _run([s], tmp_path)
     assert p2 == path and res.status == "skipped" and res.n_computed == 0 and res.n_spots == 10
     assert path.stat().st_mtime_ns == mtime
@@ -141,7 +141,7 @@ def test_killed_process_resumes_to_identical_embeddings(tmp_path):
     code = (
         "import sys, time\n"
         "from test_extract_fakes import fake_sample, tiny_encoder\n"
-        "from stfeat.extract import extract\n"
+        "from stfeat.extraction import extract_caches as extract\n"
         "def cb(sid, done, total):\n"
         "    if done >= 15:\n"
         "        print('ready', flush=True); time.sleep(120)\n"

@@ -29,7 +29,7 @@ def c2_subset(her2st):
 
 def test_real_encoder_on_a_her2st_section(c2_subset, shared_weights, tmp_path):
     """EfficientNet-Lite0 (real weights; DenseNet-121 is 7x the compute on CPU) on a patch of C2."""
-    from stfeat.extract import extract
+    from stfeat.extraction import extract_caches as extract
 
     weights = shared_weights / "tf_efficientnet_lite0.in1k.safetensors"
     (path,) = extract([c2_subset], encoder="efficientnet-lite0", weights=weights, cache_dir=tmp_path,
@@ -73,7 +73,7 @@ def test_cli_extract_writes_then_skips(mini_her2st, shared_weights, tmp_path):
     cache = tmp_path / "cache"
     args = ["extract", str(mini_her2st), "--encoder", "efficientnet-lite0", "--weights",
             str(shared_weights / "tf_efficientnet_lite0.in1k.safetensors"), "--cache-dir", str(cache),
-            "--workers", "0", "--device", "cpu", "--um-per-px", "0.69", "--k-neighbors", "3", "--scales", "112"]
+            "--num-workers", "0", "--device", "cpu", "--um-per-px", "0.69", "--k-neighbors", "3", "--scales-um", "112"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "C2: written, 6 spots (6 computed)" in r.output
@@ -85,7 +85,7 @@ def test_cli_extract_writes_then_skips(mini_her2st, shared_weights, tmp_path):
     assert "C2: skipped" in r2.output and "1 skipped" in r2.output
     other = runner.invoke(app, args[:4] + args[6:])  # default weights: another identity
     assert other.exit_code == 1 and "--overwrite" in other.output
-    bad = runner.invoke(app, args[:-2] + ["--scales", "112,abc"])
-    assert bad.exit_code != 0 and "--scales" in bad.output
+    bad = runner.invoke(app, args[:-2] + ["--scales-um", "112,abc"])
+    assert bad.exit_code != 0 and "--scales-um" in bad.output
     bad_shard = runner.invoke(app, args + ["--shard", "3/3"])
     assert bad_shard.exit_code != 0 and "0-based" in bad_shard.output

@@ -1,4 +1,4 @@
-"""stfeat.fit end to end on in-code caches (sklearn Ridge and a token stand-in head)."""
+"""stfeat.fitting end to end on in-code caches (sklearn Ridge and a token stand-in head)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import Ridge
 
 from stfeat.errors import InputError
-from stfeat.fit import fit
+from stfeat.fitting import fit_report as fit
 from test_fit_support import toy_dataset, toy_sample
 
 
@@ -39,7 +39,7 @@ class TokenRidge(RegressorMixin, BaseEstimator):
 
 def test_fit_writes_metrics_predictions_models(tmp_path):
     samples = toy_dataset(tmp_path / "cache")
-    res = fit(samples, encoder="toy", cache_dir=tmp_path / "cache", heads=[Ridge(alpha=1.0)],
+    res = fit(samples, encoder="toy", cache_dir=tmp_path / "cache", head=[Ridge(alpha=1.0)],
               genes="hvg:10", out_dir=tmp_path / "out", metric_top_k=5, save_fold_models=True)
     out = tmp_path / "out"
     m = json.loads((out / "metrics.json").read_text())
@@ -87,7 +87,7 @@ def test_fit_writes_metrics_predictions_models(tmp_path):
 def test_fit_token_head_gets_tokens_and_patient_groups(tmp_path):
     samples = toy_dataset(tmp_path / "cache", layout=(("A", 2), ("B", 1), ("C", 1)), n_side=6)
     TokenRidge.seen = []
-    res = fit(samples, encoder="toy", cache_dir=tmp_path / "cache", heads=[TokenRidge(), Ridge()],
+    res = fit(samples, encoder="toy", cache_dir=tmp_path / "cache", head=[TokenRidge(), Ridge()],
               genes="hex:5", split="group-kfold:3", k_neighbors=4, out_dir=tmp_path / "out", plots=False)
     assert len(res.comparison) == 2
     assert TokenRidge.seen[0]["T"] == 2 + 4
@@ -99,7 +99,7 @@ def test_fit_token_head_gets_tokens_and_patient_groups(tmp_path):
 
 def test_single_patient_note_in_outputs(tmp_path):
     samples = toy_dataset(tmp_path / "cache", layout=(("C", 3),), n_side=5)
-    res = fit(samples, encoder="toy", cache_dir=tmp_path / "cache", heads=[Ridge()], genes="common",
+    res = fit(samples, encoder="toy", cache_dir=tmp_path / "cache", head=[Ridge()], genes="common",
               out_dir=tmp_path / "out", plots=False)
     note = ("all 3 sections come from one patient: C; leave-one-section-out, which does NOT test "
             "generalisation across patients")
@@ -111,12 +111,12 @@ def test_missing_cache_names_extract_command(tmp_path):
     samples = toy_dataset(tmp_path / "cache", layout=(("A", 1), ("B", 1)), n_side=4)
     extra, _ = toy_sample("Z1", "Z", n_side=4)
     with pytest.raises(InputError) as exc:
-        fit(samples + [extra], encoder="toy", cache_dir=tmp_path / "cache", heads=[Ridge()],
+        fit(samples + [extra], encoder="toy", cache_dir=tmp_path / "cache", head=[Ridge()],
             out_dir=tmp_path / "out")
     msg = str(exc.value)
     assert "['Z1']" in msg and "stfeat extract" in msg and "--encoder toy" in msg
     with pytest.raises(InputError, match="no feature cache for encoder 'other'"):
-        fit(samples, encoder="other", cache_dir=tmp_path / "cache", heads=[Ridge()], out_dir=tmp_path / "o2")
+        fit(samples, encoder="other", cache_dir=tmp_path / "cache", head=[Ridge()], out_dir=tmp_path / "o2")
 
 
 def test_fold_genes_come_from_training_samples_only(tmp_path):
@@ -130,7 +130,7 @@ def test_fold_genes_come_from_training_samples_only(tmp_path):
         s, z = toy_sample(sid, p, n_side=5, genes=genes, extra_counts={"SPIKE": spike})
         write_toy_cache(tmp_path / "cache", s, z, seed=i)
         samples.append(s)
-    res = fit(samples, encoder="toy", cache_dir=tmp_path / "cache", heads=[Ridge()], genes="hvg:3",
+    res = fit(samples, encoder="toy", cache_dir=tmp_path / "cache", head=[Ridge()], genes="hvg:3",
               out_dir=tmp_path / "out", plots=False)
     per_fold = res.metrics["genes"]["per_fold"]
     assert "SPIKE" not in per_fold["C"]["genes"]  # C1 held out: its spike is invisible

@@ -19,7 +19,7 @@ def test_fit_cli_several_heads_one_table(tmp_path):
     params = json.dumps({"attention": {"max_epochs": 3, "d_model": 16, "n_heads": 2, "device": "cpu"}})
     res = runner.invoke(app, ["fit", str(manifest), "--encoder", "toy", "--cache-dir", str(tmp_path / "cache"),
                               "--head", "ridge,attention", "--genes", "hvg:6", "--k-neighbors", "4",
-                              "--head-params", params, "--out", str(tmp_path / "out"), "--no-plots"])
+                              "--head-params", params, "--out-dir", str(tmp_path / "out"), "--no-plots"])
     assert res.exit_code == 0, res.output
     assert "split: lopo over patients" in res.output
     assert "ridge" in res.output and "attention" in res.output
@@ -39,7 +39,7 @@ def test_fit_cli_several_heads_one_table(tmp_path):
 def test_fit_cli_user_errors_are_one_line(tmp_path):
     samples = toy_dataset(tmp_path / "cache", layout=(("A", 2), ("B", 1)), n_side=4)
     manifest = write_toy_disk(tmp_path / "data", samples)
-    base = ["fit", str(manifest), "--encoder", "toy", "--out", str(tmp_path / "out")]
+    base = ["fit", str(manifest), "--encoder", "toy", "--out-dir", str(tmp_path / "out")]
     res = runner.invoke(app, base + ["--cache-dir", str(tmp_path / "nocache")])
     assert res.exit_code == 1
     assert "stfeat extract" in res.output and "Traceback" not in res.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,12 @@ def test_thread_plan(monkeypatch):
     assert head._workers(1, 10**6) == (1, 8)
     monkeypatch.setattr(gbm, "_MAX_COPY_BYTES", 3 * 10**6)
     assert head._workers(250, 10**6) == (4, 2)   # data copies per booster bound the workers
-    assert make_head("lgbm", n_jobs=-1)._threads() >= 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.delenv("STFEAT_CPU_THREADS", raising=False)
+    assert make_head("lgbm", n_jobs=-1)._threads() == 3  # the cores this process may use
+    assert make_head("lgbm")._threads() == 3
+    monkeypatch.setenv("STFEAT_CPU_THREADS", "2")
+    assert make_head("lgbm")._threads() == 2
 
 
 def test_defaults_boost_raw_features(data):

@@ -57,9 +57,9 @@ def test_info_one_her2st_section(her2st):
 @pytest.mark.parametrize(
     "rel, args, n, um",
     [
-        ("fixtures/visium_spaceranger_v1", [], 100, 0.6150),
-        ("fixtures/squidpy_visium", [], 100, 0.6150),
-        ("fixtures/squidpy_visium/test_data.h5ad", ["--image", "fixtures/squidpy_visium/test_img.jpg"], 49, 0.7299),
+        ("fixtures/visium_spaceranger_v1", [], 100, 0.7252),
+        ("fixtures/squidpy_visium", [], 100, 0.7252),
+        ("fixtures/squidpy_visium/test_data.h5ad", ["--image", "fixtures/squidpy_visium/test_img.jpg"], 49, 0.7267),
         ("fixtures/hest_xenium_NCBI858", ["--um-per-px", "2.125"], 200, 2.125),
         ("fixtures/legacy_st_mob1", [], 379, 4.379),
     ],

@@ -76,9 +76,9 @@ def test_squidpy_h5ad_with_its_image(shared_data):
     with pytest.warns(UserWarning) as rec:
         s = read_sample(d / "test_data.h5ad", image=d / "test_img.jpg", allow_normalized=True)
     assert (s.n_spots, s.adata.n_vars) == (49, 1999)
-    # uns['spatial'] scale factors (0.615 um/px) do not fit these coordinates (137 px Visium pitch)
-    assert s.um_per_px == pytest.approx(100 / 137.0) and "estimated" in s.um_per_px_source
-    assert any("not in the full-resolution frame" in str(w.message) for w in rec)
+    # 65 um / spot_diameter_fullres (0.727 um/px) agrees with the 137 px Visium pitch (0.730); 55 um gave 0.615
+    assert 0.72 <= s.um_per_px <= 0.73 and "65 um spot span" in s.um_per_px_source
+    assert not any("not in the full-resolution frame" in str(w.message) for w in rec)
     assert s.slide.dimensions == (950, 1717)
     with pytest.warns(UserWarning, match="allow_normalized"):
         s2 = read_sample(d / "test_data.h5ad", image=d / "test_img.jpg", allow_normalized=True, um_per_px=0.7)

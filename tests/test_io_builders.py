@@ -128,7 +128,7 @@ def make_spaceranger(
     full_w = int(xy[:, 0].max() + 100)
     full_h = int(xy[:, 1].max() + 100)
     hires_s = 0.25
-    sf = {"spot_diameter_fullres": 55.0 / um_per_px, "tissue_hires_scalef": hires_s,
+    sf = {"spot_diameter_fullres": 65.0 / um_per_px, "tissue_hires_scalef": hires_s,
           "tissue_lowres_scalef": hires_s / 4, "fiducial_diameter_fullres": 90.0 / um_per_px}
     (spatial / "scalefactors_json.json").write_text(json.dumps(sf))
     full = tissue_image(full_w, full_h)

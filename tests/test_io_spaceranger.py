@@ -24,7 +24,8 @@ def test_built_outs_all_count_and_position_files(tmp_path, counts_fmt, positions
     np.testing.assert_array_equal(s.adata.X.toarray(), t["X"])
     assert list(s.adata.var_names) == list(t["genes"])
     assert s.adata.var["gene_ids"].iloc[0] == "ENSG00000"
-    assert s.um_per_px == pytest.approx(0.5) and "spot_diameter_fullres" in s.um_per_px_source
+    assert s.um_per_px == pytest.approx(0.5, rel=2e-3) and "spot-lattice" in s.um_per_px_source
+    assert not any("apart" in w for w in s.warnings)  # lattice and 65 um / spot_diameter_fullres agree
     assert s.slide.scale == 0.25 and s.meta[K.U_IMAGE_SCALE] == 0.25
     assert any("reduced detail" in w for w in s.warnings)
 
@@ -56,7 +57,9 @@ def test_real_visium_spaceranger_v1_via_hires(shared_data):
     assert (s.n_spots, s.adata.n_vars) == (100, 100)
     assert s.slide.path.name == "tissue_hires_image.png" and s.slide.scale == pytest.approx(0.150015)
     assert s.slide.image_dimensions == (2000, 2000)
-    assert s.um_per_px == pytest.approx(55 / 89.42751063343188)
+    # the 100 um lattice (138 px) and 65 um / spot_diameter_fullres agree; 55 um / diameter (0.615) was 15% short
+    assert 0.72 <= s.um_per_px <= 0.73, s.um_per_px
+    assert "spot-lattice" in s.um_per_px_source and "0.7268" in s.um_per_px_source
     assert (s.coords[:, 0] > 2000).any()  # full-resolution coordinates, not hires pixels
     assert any("4135 of 4235 spots under tissue have no counts" in w for w in s.warnings)
 
@@ -66,4 +69,4 @@ def test_real_squidpy_visium_folder_via_lowres(shared_data):
         s = read_sample(shared_data / "fixtures" / "squidpy_visium")
     assert s.format == "spaceranger" and (s.n_spots, s.adata.n_vars) == (100, 100)
     assert s.slide.scale == pytest.approx(0.045004502)
-    assert s.um_per_px == pytest.approx(55 / 89.42751063343188)
+    assert 0.72 <= s.um_per_px <= 0.73, s.um_per_px

@@ -1,11 +1,11 @@
-"""FAISS neighbour graphs against brute-force numpy."""
+"""The spatial neighbour graph (scipy cKDTree) against brute-force numpy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from stfeat.neighbors import feature_neighbors, spatial_neighbors
+from stfeat.neighbors import spatial_neighbors
 
 
 def _brute(c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,43 +62,31 @@ def test_bad_input_is_rejected():
         spatial_neighbors(np.zeros((5, 2)), 0)
 
 
-def test_feature_neighbors_cosine_and_l2():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(80, 12)).astype(np.float32)
-    idx, sim = feature_neighbors(x, 5)
-    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    s = xn @ xn.T
-    np.fill_diagonal(s, -np.inf)
-    np.testing.assert_array_equal(idx, np.argsort(-s, axis=1)[:, :5])
-    np.testing.assert_allclose(sim, np.sort(s, axis=1)[:, ::-1][:, :5], atol=1e-5)
-    idx2, d2 = feature_neighbors(x, 3, metric="l2")
-    bi, bd = _brute(x.astype(np.float64), 3)
-    np.testing.assert_array_equal(idx2, bi)
-    np.testing.assert_allclose(d2, bd, rtol=1e-4)
-
-
-@pytest.mark.parametrize("layout", ["uniform", "clusters", "hex", "line"])
-def test_tiled_search_equals_brute_force(monkeypatch, layout):
-    """Large graphs are searched tile by tile on the CPU: same neighbours and tie-breaking."""
-    import stfeat.neighbors as N
-
+@pytest.mark.parametrize("layout", ["uniform", "clusters", "hex", "line", "rings"])
+def test_spatial_neighbors_equal_brute_force(layout):
+    """The reference: exact neighbours and distances, ties broken by index, on hard layouts."""
     rng = np.random.default_rng(3)
     if layout == "uniform":
         c = rng.uniform(0, 5000, (2500, 2))
-    elif layout == "clusters":  # dense blobs plus isolated spots far away (windows must widen)
+    elif layout == "clusters":  # dense blobs plus isolated spots far away
         c = np.concatenate([rng.normal(mu, 30, (800, 2)) for mu in ((0, 0), (3000, 500), (800, 4000))]
                            + [rng.uniform(-9000, 9000, (12, 2))])
     elif layout == "hex":  # Visium-like lattice: many exact ties, resolved by index
         i, j = np.meshgrid(np.arange(50), np.arange(45))
         c = np.stack([i * 100.0 + (j % 2) * 50.0, j * 100.0 * np.sqrt(3) / 2], -1).reshape(-1, 2)
         c = np.concatenate([c, c[:5]])  # and a few duplicated positions
-    else:  # all on a line: a degenerate bounding box
+    elif layout == "line":  # all on a line: a degenerate bounding box
         c = np.stack([rng.uniform(0, 1e5, 2000), np.full(2000, 7.0)], -1)
+    else:  # more equidistant spots than the candidates the first query takes
+        # 20 spots exactly 300 um from the origin (Pythagorean triples): more ties than candidates
+        ring = np.array([(sx * a, sy * b) for a, b in ((300, 0), (0, 300), (180, 240), (240, 180),
+                                                       (84, 288), (288, 84))
+                         for sx in (1, -1) for sy in (1, -1)], float)
+        ring = np.unique(ring, axis=0)[::-1]
+        c = np.concatenate([rng.uniform(2000, 4000, (60, 2)), ring * 3, ring, [[0.0, 0.0]]])
+        c = np.concatenate([c, np.zeros((12, 2)) + 5000])  # and 13 spots at one position
     c = c + 2e5  # slide-scale offsets
-    monkeypatch.setattr(N, "_TILED_MIN", 100)
-    idx, dist = N.spatial_neighbors(c, 8)
+    idx, dist = spatial_neighbors(c, 8)
     bi, bd = _brute(c, 8)
     np.testing.assert_allclose(dist, bd, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(idx, bi)
-    monkeypatch.setattr(N, "_TILED_MIN", 10**9)  # the flat search agrees too
-    np.testing.assert_array_equal(N.spatial_neighbors(c, 8)[0], idx)

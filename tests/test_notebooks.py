@@ -15,8 +15,18 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 NAMES = [p.stem for p in NOTEBOOKS]
 
 
-def test_the_three_notebooks_exist():
-    assert NAMES == ["01_quickstart", "02_ablation_grid", "03_maps"]
+def test_the_notebooks_exist():
+    assert {"00_api", "01_quickstart", "02_ablation_grid", "03_maps"} <= set(NAMES)
+
+
+def test_api_notebook_runs_on_synthetic_data(tmp_path, monkeypatch):
+    for var in ("STFEAT_NB_DATA", "STFEAT_NB_CACHE", "STFEAT_NB_ENCODER", "STFEAT_NB_WEIGHTS", "STFEAT_NB_SPLIT"):
+        monkeypatch.delenv(var, raising=False)
+    nb = _execute(REPO / "notebooks" / "00_api.ipynb", {"STFEAT_NB_WORK": str(tmp_path)}, tmp_path)
+    text = _outputs(nb)
+    assert "SYNTHETIC DATA" in text and "CVResult(head='ridge'" in text and "split=lopo" in text
+    assert (tmp_path / "pcc.png").is_file() and (tmp_path / "maps.png").is_file()
+    assert (tmp_path / "ridge" / "model.json").is_file() and (tmp_path / "run" / "metrics.json").is_file()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)

@@ -1,4 +1,4 @@
-"""stfeat.predict: model save/load, spots from the cache, tissue grid."""
+"""stfeat.prediction: model save/load, spots from the cache, tissue grid."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from stfeat.errors import InputError
-from stfeat.fit import fit
-from stfeat.predict import find_model_dir, load_model, otsu_threshold, predict, tissue_mask
+from stfeat.fitting import fit_report as fit
+from stfeat.model import Model, find_model_dir
+from stfeat.prediction import predict, tissue_mask
 from test_fit_support import toy_dataset, toy_sample, write_toy_cache
 
 
@@ -18,22 +19,23 @@ from test_fit_support import toy_dataset, toy_sample, write_toy_cache
 def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pred")
     samples = toy_dataset(tmp / "cache", layout=(("A", 1), ("B", 1), ("C", 1)), n_side=6)
-    res = fit(samples, encoder="toy", cache_dir=tmp / "cache", heads=[Ridge(alpha=2.0)], genes="hvg:8",
+    res = fit(samples, encoder="toy", cache_dir=tmp / "cache", head=[Ridge(alpha=2.0)], genes="hvg:8",
               out_dir=tmp / "out", plots=False)
     return tmp, samples, res
 
 
 def test_model_roundtrip_and_spot_prediction_from_cache(fitted, tmp_path):
     tmp, samples, res = fitted
-    manifest, est = load_model(tmp / "out")  # the fit output holds one model: found without --head
+    model = Model.load(tmp / "out")  # the fit output holds one model: found without --head
+    est = model.estimator
     assert isinstance(est, Ridge) and est.alpha == 2.0
-    assert manifest["genes"] == res.metrics["genes"]["final"]["genes"]
-    assert manifest["layout"]["scales"] == ["112", "224"] and manifest["transform"] == "log1p_cp10k"
+    assert model.genes == res.metrics["genes"]["final"]["genes"]
+    assert model.layout["scales"] == ["112", "224"] and model.transform == "log1p_cp10k"
     # a new section of a known patient, cached beforehand
     new, z = toy_sample("N1", "N", n_side=5, seed=3)
     write_toy_cache(tmp / "cache", new, z, shuffle=True)
     a = predict(tmp / "out", new, out=tmp_path / "N1.h5ad")
-    assert a.shape == (25, 8) and list(a.var_names) == manifest["genes"]
+    assert a.shape == (25, 8) and list(a.var_names) == model.genes
     assert list(a.obs_names) == list(new.barcodes)  # cache rows realigned to the sample's order
     np.testing.assert_allclose(a.obsm["spatial"], new.coords)
     assert a.uns["stfeat"]["features"].startswith("cache ")
@@ -52,12 +54,12 @@ def test_model_dir_choice_and_errors(fitted, tmp_path):
     with pytest.raises(InputError, match="no model for head 'lgbm'"):
         find_model_dir(tmp / "out", head="lgbm")
     with pytest.raises(InputError, match="holds no fitted model"):
-        load_model(tmp_path)
+        Model.load(tmp_path)
     bad = tmp_path / "m"
     bad.mkdir()
     (bad / "model.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(InputError, match="not an stfeat model"):
-        load_model(bad)
+        Model.load(bad)
 
 
 def test_sample_without_cache_or_image_is_a_clear_error(fitted):
@@ -65,15 +67,3 @@ def test_sample_without_cache_or_image_is_a_clear_error(fitted):
     lone, _ = toy_sample("L1", "L", n_side=4)
     with pytest.raises(InputError, match="no H&E image"):
         predict(tmp / "out", lone)
-
-
-def test_otsu_and_tissue_mask():
-    rng = np.random.default_rng(0)
-    v = np.r_[rng.normal(0.1, 0.02, 500), rng.normal(0.6, 0.05, 500)]
-    t = otsu_threshold(v)
-    assert 0.2 < t < 0.5
-    rgb = np.full((100, 120, 3), 240, np.uint8)
-    rgb[20:80, 30:90] = [190, 90, 160]  # saturated pink tissue on grey-white glass
-    m = tissue_mask(rgb)
-    assert m[50, 60] and not m[5, 5]
-    assert abs(m.sum() - 60 * 60) < 300

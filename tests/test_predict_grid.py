@@ -17,11 +17,11 @@ def test_extract_fit_predict_grid(tmp_path):
     manifest = write_toy_disk(tmp_path / "data", samples)
     cache = str(tmp_path / "cache")
     res = runner.invoke(app, ["extract", str(manifest), "--encoder", "classical", "--cache-dir", cache,
-                              "--scales", "112,224", "--k-neighbors", "4", "--device", "cpu", "--workers", "0"])
+                              "--scales-um", "112,224", "--k-neighbors", "4", "--device", "cpu", "--num-workers", "0"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "fit"
     res = runner.invoke(app, ["fit", str(manifest), "--encoder", "classical", "--cache-dir", cache, "--head",
-                              "ridge", "--genes", "hvg:5", "--out", str(out), "--no-plots"])
+                              "ridge", "--genes", "hvg:5", "--out-dir", str(out), "--no-plots"])
     assert res.exit_code == 0, res.output
     one = tmp_path / "data" / "one.csv"  # a one-sample manifest for C1
     one.write_text("\n".join(manifest.read_text().splitlines()[:1] + manifest.read_text().splitlines()[3:4]) + "\n")
@@ -34,7 +34,7 @@ def test_extract_fit_predict_grid(tmp_path):
     assert spots.uns["stfeat"]["features"].startswith("cache")
 
     # on a 50 um grid over the tissue: features extracted with the model's encoder
-    res = runner.invoke(app, ["predict", str(out), str(one), "--grid", "50", "--out", str(tmp_path / "grid.h5ad")])
+    res = runner.invoke(app, ["predict", str(out), str(one), "--grid-um", "50", "--out", str(tmp_path / "grid.h5ad")])
     assert res.exit_code == 0, res.output
     g = ad.read_h5ad(tmp_path / "grid.h5ad")
     assert g.n_vars == 5 and list(g.var_names) == list(spots.var_names)

@@ -14,7 +14,7 @@ from stfeat.slide import open_slide
 
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("STFEAT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STFEAT_SLIDE_CACHE", str(tmp_path / "cache" / "slides"))
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -48,13 +47,9 @@ def _root(
 
 
 # Each module defines its commands with @app.command(); importing it registers them.
-_COMMAND_MODULES = ["info", "encoders", "extract", "fit", "predict", "demo", "run"]
+_COMMAND_MODULES = ["info", "encoders", "extract", "fit", "predict", "demo", "run", "cache"]
 for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"stfeat.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a command whose module is not written yet
-        if exc.name != f"stfeat.cli.{_name}":
-            raise
+    importlib.import_module(f"stfeat.cli.{_name}")
 
 
 def main() -> None:

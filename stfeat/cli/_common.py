@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable, TypeVar
+import traceback
+from typing import Any, Callable, TypeVar
 
 import typer
 
@@ -14,31 +15,54 @@ F = TypeVar("F", bound=Callable)
 
 
 def user_errors(func: F) -> F:
-    """Print :class:`StfeatError` (and FileNotFoundError) as one red line and exit 1, no traceback."""
+    """Run a command so that the user's mistakes read as one line and bugs are not dressed as them.
+
+    - :class:`StfeatError` (``InputError`` ...) and ``FileNotFoundError``: ``error: ...`` in red, exit 1;
+    - ``typer.BadParameter`` and the other usage errors: click's usage message, exit 2;
+    - anything else is a bug in stfeat: with ``--verbose`` its traceback, without it one line
+      ``internal error: ... (run with --verbose for the traceback; please report it)``; exit 2.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
         except (StfeatError, FileNotFoundError) as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            from stfeat._faults import ABANDONED
+
+            if ABANDONED:  # HDF5 would crash closing a file whose writes failed: exit now, the file resumes
+                import os
+                import sys
+
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
             raise typer.Exit(1) from None
+        except Exception as exc:  # noqa: BLE001 - the one place that reports bugs
+            if kwargs.get("verbose"):
+                typer.echo(traceback.format_exc(), err=True)
+            what = f"{type(exc).__name__}: {exc}"
+            hint = "please report it" if kwargs.get("verbose") else \
+                "run with --verbose for the traceback; please report it"
+            typer.secho(f"internal error: {what} ({hint})", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def parse_scales(text: str | None) -> list[float] | None:
-    """``"112,224,448"`` -> ``[112.0, 224.0, 448.0]`` (fields of view in micrometres); empty -> ``None``."""
-    if not text:
-        return None
+def build_options(cls: type, params: dict[str, Any]) -> Any:
+    """The options object of a command from its click parameters (``ctx.params``); a bad value
+    becomes a usage error naming the flag."""
+    from stfeat.options import OptionError, build, flag
+
     try:
-        scales = [float(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of micrometres, e.g. 112,224,448",
-                                 param_hint="--scales") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise typer.BadParameter("give positive micrometres, e.g. 112,224,448", param_hint="--scales")
-    return scales
+        return build(cls, dict(params))
+    except OptionError as exc:
+        fix = exc.fix[:1].upper() + exc.fix[1:]
+        raise typer.BadParameter(f"{exc.problem} {fix}", param_hint=flag(exc.name)) from None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

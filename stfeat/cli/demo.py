@@ -20,12 +20,12 @@ def _split(text: str, hint: str) -> list[str]:
 
 def _scales(text: str) -> list[float]:
     try:
-        vals = [float(v) for v in _split(text, "--scales")]
+        vals = [float(v) for v in _split(text, "--scales-um")]
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of micrometres, e.g. 112,224,448",
-                                 param_hint="--scales") from None
+                                 param_hint="--scales-um") from None
     if any(v <= 0 for v in vals):
-        raise typer.BadParameter("give positive micrometres, e.g. 112,224,448", param_hint="--scales")
+        raise typer.BadParameter("give positive micrometres, e.g. 112,224,448", param_hint="--scales-um")
     return vals
 
 
@@ -40,7 +40,8 @@ def demo_cmd(
     encoder: Annotated[str, typer.Option("--encoder", "-e", help="Encoder; the default needs no weights.")]
     = "classical",
     weights: Annotated[Optional[Path], typer.Option(help="Local weights file for --encoder.")] = None,
-    scales: Annotated[str, typer.Option(help="Fields of view in micrometres, comma-separated.")] = "112,224,448",
+    scales_um: Annotated[str, typer.Option("--scales-um", help="Fields of view in micrometres, comma-separated.")]
+    = "112,224,448",
     head: Annotated[Optional[str], typer.Option("--head", help="Heads, comma-separated; default "
                                                 "hest-ridge,ridge,knn (lgbm, attention: minutes more on CPU).")] = None,
     genes: Annotated[str, typer.Option(help="Target genes: hvg:K, hex:K, file:PATH or common.")] = "hvg:50",
@@ -59,12 +60,12 @@ def demo_cmd(
     generates (3 patients x 2 sections, sample ids SYN-...), so it runs offline with no weights in a
     few minutes on a laptop CPU. Evaluation leaves one patient out at a time.
     """
-    from stfeat.config import save_resolved_config
+    from stfeat.resolved_config import save_resolved_config
     from stfeat.demo import next_steps, quick_mode, run_demo
-    from stfeat.synthetic import SYNTHETIC_BANNER
+    from stfeat.datasets import SYNTHETIC_BANNER
 
     setup_logging(verbose)
-    scale_list = _scales(scales)
+    scale_list = _scales(scales_um)
     heads = _split(head, "--head") if head else None
     if data is None:
         typer.secho("=" * 78, fg=typer.colors.YELLOW)

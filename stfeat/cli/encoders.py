@@ -34,6 +34,7 @@ def encoders(
     pattern: Annotated[str, typer.Argument(help="Shell-style filter on names, e.g. 'uni*' or '*optimus*'.")] = "*",
     as_json: Annotated[bool, typer.Option("--json", help="Print full specs as JSON (hub id, mean/std, kwargs...).")]
     = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks of internal errors.")] = False,
 ) -> None:
     """List registered encoders: input px, um/px trained at, embedding dim, precision, gated, license.
 

@@ -49,6 +49,7 @@ def info(
         Optional[float], typer.Option("--um-per-px", help="Micrometres per full-resolution pixel (wins over files).")
     ] = None,
     sample_id: Annotated[Optional[str], typer.Option("--sample-id", help="Pick one sample of a folder.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks of internal errors.")] = False,
 ) -> None:
     """Print format, spots, genes, image size, pyramid levels, um/px and its source, patient and warnings."""
     if path.suffix == ".h5" and path.is_file() and not _is_10x_matrix(path):

@@ -1,4 +1,7 @@
-"""``stfeat predict``: apply a fitted model to a sample (a thin layer over :func:`stfeat.predict.predict`)."""
+"""``stfeat predict``: apply a fitted model to a sample (a thin layer over :func:`stfeat.prediction.predict`).
+
+Its parameters are the fields of :class:`stfeat.options.PredictOptions` (checked by a test).
+"""
 
 from __future__ import annotations
 
@@ -8,49 +11,42 @@ from typing import Annotated, Optional
 import typer
 
 from stfeat.cli import app
-from stfeat.cli._common import setup_logging, user_errors
-from stfeat.errors import StfeatError
+from stfeat.cli._common import build_options, setup_logging, user_errors
+from stfeat.options import PredictOptions, help_of
+
+
+def _h(name: str) -> str:
+    return help_of(PredictOptions, name)
 
 
 @app.command("predict")
 @user_errors
 def predict_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="The --out folder of `stfeat fit`, or one of its "
-                                              "models/ENCODER__HEAD folders.")],
-    sample: Annotated[Path, typer.Argument(help="One sample (folder or file) to predict.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output .h5ad (a PNG map is written "
-                                                "beside it); default {sample_id}_predicted.h5ad.")] = None,
-    grid: Annotated[Optional[float], typer.Option("--grid", help="Predict on a grid with this step (um) over "
-                                                  "the tissue instead of at the measured spots.")] = None,
-    head: Annotated[Optional[str], typer.Option(help="Which head's model, when the fit output holds several.")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Where the sample's cached features are; default the "
-                                                      "cache the model was fitted on.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file, when features must be "
-                                                    "extracted.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N for extraction.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Points per extraction batch.")] = None,
-    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG map beside the .h5ad.")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    ctx: typer.Context,
+    model_dir: Annotated[Path, typer.Argument(help=_h("model_dir"))],
+    sample: Annotated[Path, typer.Argument(help=_h("sample"))],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help=_h("out"))] = None,
+    grid_um: Annotated[Optional[float], typer.Option("--grid-um", help=_h("grid_um"))] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_h("cache_dir"))] = None,
+    head: Annotated[Optional[str], typer.Option("--head", help=_h("head"))] = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder", "-e", help=_h("encoder"))] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help=_h("weights"))] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help=_h("device"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=_h("batch_size"))] = None,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help=_h("plot"))] = True,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle/--no-allow-pickle", help=_h("allow_pickle"))] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_h("verbose"))] = False,
 ) -> None:
     """Predict expression for a sample's spots (features from the cache, else extracted), or on a
-    dense --grid over its tissue; writes an AnnData (X = predicted, layers measured/predicted)."""
-    from stfeat.predict import predict
+    dense --grid-um over its tissue; writes an AnnData (X = predicted, layers measured/predicted)."""
+    from stfeat.config import call, predict_out
+    from stfeat.resolved_config import save_resolved_config
 
     setup_logging(verbose)
-    if grid is not None and not grid > 0:
-        raise typer.BadParameter("must be a positive number of micrometres", param_hint="--grid")
-    out = out or Path(f"{sample.name.split('.')[0]}_predicted{'_grid' if grid else ''}.h5ad")
-    try:
-        a = predict(model_dir, sample, out=out, grid_um=grid, cache_dir=cache_dir, head=head, weights=weights,
-                    device=device, batch_size=batch_size, plot=plot)
-    except ValueError as exc:  # user-level problems (e.g. a grid too fine) raised as plain ValueError
-        if isinstance(exc, (typer.BadParameter, StfeatError)):
-            raise
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-    from stfeat.config import save_resolved_config
-
-    save_resolved_config(None, out.parent)
-    kind = f"{a.n_obs} grid points every {grid:g} um" if grid else f"{a.n_obs} spots"
-    typer.echo(f"{a.uns['stfeat']['sample_id']}: predicted {a.n_vars} genes at {kind} -> {out}"
-               + (f" (+ {out.with_suffix('.png')})" if plot else ""))
+    opts = build_options(PredictOptions, ctx.params)
+    opts.out = predict_out(opts)
+    a = call("predict", opts)
+    save_resolved_config(ctx, opts.out.parent, options=opts)
+    kind = f"{a.n_obs} grid points every {opts.grid_um:g} um" if opts.grid_um else f"{a.n_obs} spots"
+    typer.echo(f"{a.uns['stfeat']['sample_id']}: predicted {a.n_vars} genes at {kind} -> {opts.out}"
+               + (f" (+ {opts.out.with_suffix('.png')})" if opts.plot else ""))

@@ -23,7 +23,8 @@ from stfeat.heads._persist import load_head, save_head
 from stfeat.heads.attention import AttentionHead
 from stfeat.heads.gbm import LGBMHead
 from stfeat.heads.knn import KNNHead
-from stfeat.heads.linear import HestRidge, RidgeCVHead
+from stfeat.heads.hest_ridge import HestRidge
+from stfeat.heads.ridge import RidgeCVHead
 from stfeat.heads.mlp import MLPHead
 
 #: name -> head class
@@ -51,5 +52,12 @@ def make_head(name: str, **params) -> BaseHead:
     return cls(**params)
 
 
-__all__ = ["HEADS", "make_head", "save_head", "load_head", "BaseHead", "HestRidge", "RidgeCVHead",
+# Short public names for notebooks (``st.heads.RidgeCV()``): the same classes as above.
+RidgeCV = RidgeCVHead
+LGBM = LGBMHead
+MLP = MLPHead
+Attention = AttentionHead
+KNN = KNNHead
+
+__all__ = ["RidgeCV", "LGBM", "MLP", "Attention", "KNN", "HEADS", "make_head", "save_head", "load_head", "BaseHead", "HestRidge", "RidgeCVHead",
            "LGBMHead", "MLPHead", "AttentionHead", "KNNHead"]

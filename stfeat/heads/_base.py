@@ -45,6 +45,9 @@ class BaseHead(RegressorMixin, BaseEstimator):
         """Validate training data; remember whether ``Y`` was 1-D. Returns float32 X, float64 2-D Y."""
         from sklearn.utils.validation import check_array
 
+        if Y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None. "
+                             "Fix: pass the expression targets (spots x genes).")
         X = check_array(X, dtype=np.float32, allow_nd=allow_nd, ensure_min_samples=2,
                         input_name="X")
         Y = check_array(Y, dtype=np.float64, ensure_2d=False, input_name="Y")
@@ -68,9 +71,9 @@ class BaseHead(RegressorMixin, BaseEstimator):
         X = check_array(X, dtype=np.float32, allow_nd=allow_nd, input_name="X")
         d = X.shape[-1]
         if d != self.n_features_in_:
-            raise ValueError(f"X has {d} features per spot but {type(self).__name__} was fitted "
-                             f"with {self.n_features_in_}. Fix: use the same encoder, scales and "
-                             "feature layout as at fit time.")
+            raise ValueError(f"X has {d} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input. Fix: use the same encoder, scales "
+                             "and feature layout as at fit time.")
         return X
 
     def _format_out(self, P: np.ndarray) -> np.ndarray:

@@ -170,7 +170,6 @@ def lsqr_multi_compressed(A: np.ndarray, B: np.ndarray, **kwargs) -> tuple[np.nd
         return lsqr_multi(A, B, **kwargs)
     from stfeat.heads._cpu import blas_threads
 
-    # only the free cores: on a busy 2-core machine OpenBLAS's threads stall each other
     with blas_threads():
         R, C, rr = _compress(A, B)
         A_red = np.vstack([R, np.zeros((1, k))])

@@ -91,9 +91,8 @@ def _randomized_gram(Z: np.ndarray, k: int, random_state, overwrite: bool) -> di
         A = Z - mean
     # range finder on A (not transposed since n >= d): Omega is (d, r), float32
     M = rng.normal(size=(d, r)).astype(np.float32, copy=False)
-    # the factorisations (LU, QR, SVD of thin matrices) run on the free cores only
-    # (stfeat.heads._cpu): OpenBLAS's threads stall on a busy machine. Inside a head's fit the
-    # whole computation already runs under that limit.
+    # the factorisations (LU, QR, SVD of thin matrices) run with the head's n_jobs threads
+    # (stfeat.heads._cpu); inside a head's fit the whole computation already runs under it
     G = ssyrk(1.0, A.T, trans=0, lower=1)  # lower triangle of A^T A, Fortran-ordered
     for _ in range(n_iter):
         M = ssymm(1.0, G, M, side=0, lower=1)  # (A^T A) M from the lower triangle

@@ -44,35 +44,23 @@ def seeded(seed: int, device):
 
 
 @contextlib.contextmanager
-def cpu_threads(n_threads: int | None, work_per_step: float, device):
-    """Run the block with ``n_threads`` torch CPU threads (restored afterwards).
+def cpu_threads(n_jobs: int | None, work_per_step: float, device):
+    """Run the block with the torch CPU threads ``n_jobs`` means (restored afterwards).
 
     ``None`` = one thread when a training step is small (``work_per_step`` multiply-adds below
     ~3e7): thread start-up then costs more than it saves, and on a busy machine OpenMP's waiting
-    threads slow small steps down tens of times. Larger steps keep torch's default.
+    threads slow small steps down tens of times. Larger steps use
+    :func:`stfeat.heads._cpu.resolve_n_jobs` (``$STFEAT_CPU_THREADS`` or the process's cores).
+    The count depends only on these, so refits are bit-identical.
     """
-    import torch
+    from stfeat.heads._cpu import resolve_n_jobs, torch_threads
 
-    old = torch.get_num_threads()
-    n = n_threads
-    if n is None and device.type == "cpu":
-        if work_per_step < 3e7:
-            n = 1
-        else:
-            # no more threads than the cores other processes leave free: with the cores
-            # already busy, OpenMP threads wait on each other at every operator (one attention
-            # epoch, 10,000 spots x 11 tokens x 1,024 features on 2 busy cores: 32 s with 2
-            # threads, 8.6 s with 1). Not the load average, which counts our own recent work.
-            from stfeat.heads._cpu import free_cores
-
-            n = max(1, min(old, free_cores()))
-    if n is not None and int(n) != old:
-        torch.set_num_threads(int(n))
-    try:
+    if device.type != "cpu" and n_jobs is None:
         yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
+        return
+    n = 1 if n_jobs is None and work_per_step < 3e7 else resolve_n_jobs(n_jobs)
+    with torch_threads(n):
+        yield
 
 
 def pearson_loss(pred, target, eps: float = 1e-6):

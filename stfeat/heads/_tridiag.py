@@ -13,7 +13,7 @@ symmetric tridiagonal, ``Q`` orthogonal and kept as Householder reflectors) is a
 
 On a 3,072 x 3,072 Gram matrix this is about 2x faster than ``eigh`` with eigenvectors on 2 cores
 (``benchmarks/bench_heads.py``), and the per-penalty work drops from a dense product to O(n * g).
-The LAPACK calls use the cores that are free (:mod:`stfeat.heads._cpu`).
+The LAPACK calls use the head's ``n_jobs`` threads (:mod:`stfeat.heads._cpu`).
 
 Precision: the reduction runs in float32 (inputs are float32 embeddings); solves run in float64.
 """

@@ -123,8 +123,14 @@ def _heldout_ridge_impl(own, Y, alpha, splits, ssyrk, cho_factor, cho_solve):
         Gf = dsyr(-float(nf), mx, a=Gf, lower=0, overwrite_a=True)
         Gf.flat[::D + 1] += alpha
         Cf = XY - (Xp.T @ Y32[pred_idx]).astype(np.float64) - nf * np.outer(mx, my)
-        W = cho_solve(cho_factor(Gf, lower=False, overwrite_a=True, check_finite=False), Cf,
-                      check_finite=False)
+        try:
+            W = cho_solve(cho_factor(Gf, lower=False, overwrite_a=True, check_finite=False), Cf,
+                          check_finite=False)
+        except np.linalg.LinAlgError:  # the float32 downdate lost definiteness (tiny alpha, few spots)
+            Xf = Xc[fit_idx].astype(np.float64) - mx
+            Gx = Xf.T @ Xf
+            Gx.flat[::D + 1] += alpha
+            W = np.linalg.lstsq(Gx, Xf.T @ (Y[fit_idx] - my), rcond=None)[0]
         out[pred_idx] = (Xp - mx.astype(np.float32)) @ W.astype(np.float32) + my
     return out
 
@@ -178,11 +184,11 @@ class AttentionHead(BaseHead):
         Share of spots (or groups) held out for early stopping.
     device, random_state
         ``"auto"`` = CUDA when available; seed of split, initialisation, dropout and batch order.
-    n_threads
-        Torch CPU threads during fit; ``None`` = 1 for small problems, otherwise torch's
-        default capped at the cores other processes leave free (``stfeat.heads._cpu``).
-        Rounding (not the seeded randomness) can differ between thread counts; pass an int (or
-        set ``$STFEAT_CPU_THREADS``) for bit-identical refits.
+    n_jobs
+        Torch CPU threads (scikit-learn's convention: -1 = all cores); ``None`` = 1 for small
+        problems, else ``$STFEAT_CPU_THREADS`` or the cores of the process's CPU affinity
+        (:func:`stfeat.heads._cpu.resolve_n_jobs`). Never taken from the machine's load, so
+        refits are bit-identical; rounding may differ between two explicit thread counts.
 
     Attributes
     ----------
@@ -199,7 +205,7 @@ class AttentionHead(BaseHead):
                  patience: int = 10, corr_weight: float = 0.0, baseline: str | None = "ridge",
                  baseline_alphas=None, pos_scale_um: float | None = None, n_pos_freqs: int = 4,
                  validation_fraction: float = 0.15, device: str = "auto",
-                 n_threads: int | None = None, random_state: int | None = 0):
+                 n_jobs: int | None = None, random_state: int | None = 0):
         self.d_model = d_model
         self.n_heads = n_heads
         self.n_layers = n_layers
@@ -217,12 +223,14 @@ class AttentionHead(BaseHead):
         self.n_pos_freqs = n_pos_freqs
         self.validation_fraction = validation_fraction
         self.device = device
-        self.n_threads = n_threads
+        self.n_jobs = n_jobs
         self.random_state = random_state
 
     # ------------------------------------------------------------------ input handling
     def _tokens(self, X, rel_pos, token_type, token_mask, fitting: bool):
-        X = np.asarray(X, dtype=np.float32)
+        from sklearn.utils.validation import check_array
+
+        X = check_array(X, dtype=np.float32, allow_nd=True, ensure_all_finite=False, input_name="X")
         if X.ndim == 2:
             X = X[:, None, :]
         if X.ndim != 3:
@@ -233,6 +241,9 @@ class AttentionHead(BaseHead):
         if mask.shape != (n, T):
             raise ValueError(f"token_mask must be (n, T) = {(n, T)}; got {mask.shape}.")
         mask &= ~nan_tok
+        if np.isinf(X).any() or np.isnan(X[mask]).any():
+            raise ValueError("Input X contains NaN or infinity inside a token. Fix: a missing token must be NaN "
+                             "in all its features (or masked with token_mask); re-extract features that hold NaN.")
         if not mask[:, 0].all():
             raise ValueError("token 0 (the spot itself) is missing or NaN for some spots. Fix: "
                              "put each spot's own features first and drop spots without features.")
@@ -277,10 +288,13 @@ class AttentionHead(BaseHead):
         from stfeat.heads._torch import (pearson_loss, cpu_threads, resolve_device, seeded,
                                          torch_seed,
                                          train_early_stopping)
-        from stfeat.heads.linear import RidgeCVHead
+        from stfeat.heads.ridge import RidgeCVHead
 
         if self.baseline not in ("ridge", None):
             raise ValueError(f"baseline must be 'ridge' or None; got {self.baseline!r}.")
+        if Y is None:
+            raise ValueError("AttentionHead requires y to be passed, but the target y is None. Fix: pass the "
+                             "expression targets (spots x genes).")
         X, rel, types, mask = self._tokens(X, rel_pos, token_type, token_mask, fitting=True)
         Y = np.asarray(Y, dtype=np.float64)
         self._check_xy(X[:, 0], Y)  # n_features_in_, n_outputs_, 1-D handling
@@ -320,7 +334,7 @@ class AttentionHead(BaseHead):
             g_all = None if groups is None else np.asarray(groups)
             # penalty chosen on all training spots (grouped CV when >= 3 groups, else GCV);
             # this ridge is the final baseline
-            base = RidgeCVHead(self.baseline_alphas).fit(own, Y, groups=g_all)
+            base = RidgeCVHead(self.baseline_alphas, n_jobs=self.n_jobs).fit(own, Y, groups=g_all)
             alpha = float(base.alpha_)
             # validation spots: a ridge that has not seen them, as new spots will be; training
             # spots: out-of-fold predictions, so the network learns from residuals as large as
@@ -346,7 +360,7 @@ class AttentionHead(BaseHead):
 
         trt, vat = torch.from_numpy(tr), torch.from_numpy(va)
         work = int(self.batch_size) * T * d * int(self.d_model)
-        with seeded(seed, device), cpu_threads(self.n_threads, work, device):
+        with seeded(seed, device), cpu_threads(self.n_jobs, work, device):
             module = self._new_module(d, n_types).to(device)
             info = train_early_stopping(
                 module, forward, [t[trt] for t in (Xs, relt, maskt, Bt, Yt)],
@@ -389,8 +403,8 @@ class AttentionHead(BaseHead):
         check_is_fitted(self, "module_")
         X, rel, types, mask = self._tokens(X, rel_pos, token_type, token_mask, fitting=False)
         if X.shape[2] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[2]} features per token but the head was fitted with "
-                             f"{self.n_features_in_}. Fix: use the same encoder as at fit.")
+            raise ValueError(f"X has {X.shape[2]} features, but AttentionHead is expecting "
+                             f"{self.n_features_in_} features as input. Fix: use the same encoder as at fit.")
         base = np.zeros((len(X), self.n_outputs_)) if self.baseline_ is None else \
             (self.baseline_.predict(self._own(X)).reshape(len(X), -1) - self.y_mean_) / self.y_scale_
         typest = torch.from_numpy(self.token_type_)
@@ -399,7 +413,7 @@ class AttentionHead(BaseHead):
 
         self.module_.eval()
         work = min(len(X), 4096) * X.shape[1] * X.shape[2] * int(self.d_model) / 3
-        with torch.no_grad(), cpu_threads(self.n_threads, work, torch.device("cpu")):
+        with torch.no_grad(), cpu_threads(self.n_jobs, work, torch.device("cpu")):
             for i in range(0, len(X), 4096):
                 sl = slice(i, i + 4096)
                 xs = torch.from_numpy(self._standardize(X[sl], mask[sl]))
@@ -427,7 +441,7 @@ class AttentionHead(BaseHead):
 
     def _set_state(self, meta, arrays, texts):
         from stfeat.heads._torch import arrays_to_state
-        from stfeat.heads.linear import RidgeCVHead
+        from stfeat.heads.ridge import RidgeCVHead
 
         self._set_base_meta(meta)
         self.n_own_ = int(meta["n_own_"])

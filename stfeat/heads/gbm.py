@@ -68,8 +68,9 @@ class LGBMHead(BaseHead):
         Optional PCA of the (standardised) features to this many dimensions before boosting,
         fitted on the training spots (``None``, the default: boost the features as they are).
     n_jobs
-        Threads in all; -1 = every core this process may use. With at least as many genes as
-        threads, each booster runs on one thread.
+        Threads in all (scikit-learn's convention: -1 = every core this process may use);
+        ``None`` = ``$STFEAT_CPU_THREADS`` or those cores (:func:`stfeat.heads._cpu.resolve_n_jobs`).
+        With at least as many genes as threads, each booster runs on one thread.
     random_state
         Seed of the split, PCA and LightGBM's bagging/feature sampling (deterministic results).
 
@@ -90,7 +91,7 @@ class LGBMHead(BaseHead):
                  min_child_samples: int = 40, colsample_bytree: float | None = None,
                  subsample: float = 0.8, reg_lambda: float = 1.0, max_bin: int = 63,
                  early_stopping_rounds: int = 30, validation_fraction: float = 0.15,
-                 pca_components: int | None = None, n_jobs: int = -1,
+                 pca_components: int | None = None, n_jobs: int | None = None,
                  random_state: int | None = 0):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -107,11 +108,9 @@ class LGBMHead(BaseHead):
         self.random_state = random_state
 
     def _threads(self) -> int:
-        if self.n_jobs in (-1, None):
-            from stfeat.heads._cpu import usable_cores
+        from stfeat.heads._cpu import resolve_n_jobs
 
-            return usable_cores()
-        return max(1, int(self.n_jobs))
+        return resolve_n_jobs(self.n_jobs)
 
     def _workers(self, n_genes: int, binned_bytes: int) -> tuple[int, int]:
         """(boosters trained at once, threads per booster) for ``n_genes`` genes.

@@ -36,6 +36,10 @@ class KNNHead(BaseHead):
     pca_components
         Optional PCA to this many dimensions after standardisation (faster search, less noise);
         ``None`` keeps all features.
+    n_jobs
+        FAISS (OpenMP) and BLAS threads (scikit-learn's convention); ``None`` =
+        ``$STFEAT_CPU_THREADS`` or the cores of the process's CPU affinity
+        (:func:`stfeat.heads._cpu.resolve_n_jobs`).
 
     Attributes
     ----------
@@ -49,12 +53,14 @@ class KNNHead(BaseHead):
     _fitted_attr = "Y_train_"
 
     def __init__(self, n_neighbors: int = 32, *, metric: str = "cosine", weighting: str = "softmax",
-                 temperature: float = 0.05, pca_components: int | None = None):
+                 temperature: float = 0.05, pca_components: int | None = None,
+                 n_jobs: int | None = None):
         self.n_neighbors = n_neighbors
         self.metric = metric
         self.weighting = weighting
         self.temperature = temperature
         self.pca_components = pca_components
+        self.n_jobs = n_jobs
 
     def _embed(self, X: np.ndarray) -> np.ndarray:
         Z = ((X - self.mean_) / self.scale_).astype(np.float32)
@@ -79,14 +85,18 @@ class KNNHead(BaseHead):
         if self.pca_components is not None:
             from sklearn.decomposition import PCA
 
+            from stfeat.heads._cpu import blas_threads
+
             k = min(int(self.pca_components), *X.shape)
             Z = ((X - self.mean_) / self.scale_).astype(np.float32)
-            pca = PCA(n_components=k, random_state=0).fit(Z)
+            with blas_threads(self.n_jobs):
+                pca = PCA(n_components=k, random_state=0).fit(Z)
             self.components_ = pca.components_.astype(np.float32)
             self.pca_mean_ = pca.mean_.astype(np.float32)
         self.index_features_ = self._embed(X)
         self.Y_train_ = Y.astype(np.float32)
         self._index = None
+        self._get_index()  # built now, so predict never changes the estimator's state
         return self
 
     def _get_index(self):
@@ -102,8 +112,18 @@ class KNNHead(BaseHead):
     def kneighbors(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Similarities (cosine) or squared distances (l2), and indices of the nearest training spots."""
         X = self._check_x(X)
+        import faiss
+
+        from stfeat.heads._cpu import blas_threads, resolve_n_jobs
+
         k = min(int(self.n_neighbors), len(self.Y_train_))
-        D, idx = self._get_index().search(self._embed(X), k)
+        old = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(resolve_n_jobs(self.n_jobs))
+        try:
+            with blas_threads(self.n_jobs):
+                D, idx = self._get_index().search(self._embed(X), k)
+        finally:
+            faiss.omp_set_num_threads(old)
         return D, idx
 
     def predict(self, X) -> np.ndarray:

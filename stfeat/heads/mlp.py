@@ -41,9 +41,11 @@ class MLPHead(BaseHead):
         Share of spots (or groups) held out for early stopping.
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-    n_threads
-        Torch CPU threads during fit; ``None`` = 1 for small problems, otherwise torch's
-        default capped at the cores other processes leave free (``stfeat.heads._cpu``).
+    n_jobs
+        Torch CPU threads (scikit-learn's convention: -1 = all cores); ``None`` = 1 for small
+        problems, else ``$STFEAT_CPU_THREADS`` or the cores of the process's CPU affinity
+        (:func:`stfeat.heads._cpu.resolve_n_jobs`). Never taken from the machine's load, so
+        refits are bit-identical; rounding may differ between two explicit thread counts.
     random_state
         Seed of the split, the initialisation, dropout and batch order.
 
@@ -61,7 +63,7 @@ class MLPHead(BaseHead):
                  lr: float = 1e-3, weight_decay: float = 0.05, batch_size: int = 256,
                  max_epochs: int = 200, patience: int = 10, corr_weight: float = 0.0,
                  validation_fraction: float = 0.15, device: str = "auto",
-                 n_threads: int | None = None, random_state: int | None = 0):
+                 n_jobs: int | None = None, random_state: int | None = 0):
         self.hidden = hidden
         self.dropout = dropout
         self.input_dropout = input_dropout
@@ -73,7 +75,7 @@ class MLPHead(BaseHead):
         self.corr_weight = corr_weight
         self.validation_fraction = validation_fraction
         self.device = device
-        self.n_threads = n_threads
+        self.n_jobs = n_jobs
         self.random_state = random_state
 
     def fit(self, X, Y, groups=None) -> "MLPHead":
@@ -101,7 +103,7 @@ class MLPHead(BaseHead):
             return loss + cw * pearson_loss(pred, target) if cw > 0 else loss
 
         work = int(self.batch_size) * X.shape[1] * int(self.hidden)
-        with seeded(seed, device), cpu_threads(self.n_threads, work, device):
+        with seeded(seed, device), cpu_threads(self.n_jobs, work, device):
             module = _build_mlp(X.shape[1], int(self.hidden), Y.shape[1], float(self.dropout),
                                 float(self.input_dropout)).to(device)
             info = train_early_stopping(
@@ -126,7 +128,7 @@ class MLPHead(BaseHead):
 
         self.module_.eval()
         work = min(len(Xs), 8192) * X.shape[1] * int(self.hidden) / 3
-        with torch.no_grad(), cpu_threads(self.n_threads, work, torch.device("cpu")):
+        with torch.no_grad(), cpu_threads(self.n_jobs, work, torch.device("cpu")):
             P = torch.cat([self.module_(Xs[i:i + 8192]) for i in range(0, len(Xs), 8192)])
         return self._format_out(P.double().numpy() * self.y_scale_ + self.y_mean_)
 

@@ -15,6 +15,7 @@ from stfeat.io.sample import Sample
 
 log = logging.getLogger(__name__)
 
+MAX_COUNT = 1e9  # UMIs of one gene in one spot; far beyond any real count, well inside float32
 IMAGE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".jpg", ".jpeg", ".png")
 
 
@@ -60,6 +61,13 @@ def check_counts(X: Any, path: Path) -> Any:
                 f"the counts hold {int(bad.sum())} NaN or infinite values.",
                 "fill or remove them: every spot x gene cell must be a whole number >= 0.",
             )
+    if data.size and data.dtype.kind in "iuf" and float(np.max(data)) > MAX_COUNT:
+        raise InputError(
+            path,
+            f"the counts hold {int((data > MAX_COUNT).sum())} values above {MAX_COUNT:.0e} (max {float(np.max(data)):.3g}); "
+            "no spot holds that many UMIs of one gene (as float32 such values lose precision or overflow to inf).",
+            "give raw UMI counts; check for a column of ids or a corrupted value.",
+        )
     if (data < 0).any():
         raise InputError(
             path,

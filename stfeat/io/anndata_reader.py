@@ -84,17 +84,32 @@ def counts_of(adata: Any, path: Path, notes: C.Notes, allow_normalized: bool) ->
 
 
 def coords_of(adata: Any, path: Path) -> tuple[np.ndarray, str]:
+    if adata.n_obs == 0:
+        raise InputError(path, "the AnnData holds no spots (0 observations).", "give a sample with its spots.")
     if K.SPATIAL_KEY in adata.obsm:
-        xy = np.asarray(adata.obsm[K.SPATIAL_KEY], dtype=np.float64)[:, :2]
         where = f'obsm["{K.SPATIAL_KEY}"]'
+        raw = adata.obsm[K.SPATIAL_KEY]
+        raw = raw.to_numpy() if hasattr(raw, "to_numpy") else np.asarray(raw)
+        try:
+            xy = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(path, f"{where} holds values that are not numbers (dtype {raw.dtype}).",
+                             f'store spot centres as numbers: adata.obsm["{K.SPATIAL_KEY}"] (n, 2) float, (x, y).') from None
+        if xy.ndim != 2 or xy.shape[1] < 2:
+            raise InputError(path, f"{where} has shape {xy.shape}; it needs 2 columns (x, y).",
+                             f'store spot centres as adata.obsm["{K.SPATIAL_KEY}"] of shape (n, 2), (x, y) in px.')
+        xy = xy[:, :2]
     else:
         pair = next((p for p in _COORD_PAIRS if set(p) <= set(adata.obs.columns)), None)
         if pair is None:
             raise InputError(path, f'no spot positions: obsm["{K.SPATIAL_KEY}"] is absent and obs has none of '
                              f"{[list(p) for p in _COORD_PAIRS]}.",
                              f'store spot centres in full-resolution px as adata.obsm["{K.SPATIAL_KEY}"] (x, y).')
-        xy = adata.obs[list(pair)].to_numpy(dtype=np.float64)
         where = f"obs[{list(pair)}] as (x, y)"
+        try:
+            xy = adata.obs[list(pair)].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(path, f"{where} holds values that are not numbers.", "store the positions as numbers.") from None
         if pair[0] == "y_pixel":
             where += " (SpaGCN/DeepSpot convention: x_pixel is the image row)"
     if not np.isfinite(xy).all():
@@ -123,17 +138,20 @@ def resolve_um(
             return v, f"hest-metadata ({key} in {meta_path.name if meta_path else 'metadata'})"
     pitch = _TECH_PITCH.get(str(tech or "").strip().lower())
     if scalefactors and (d := _num(scalefactors.get("spot_diameter_fullres"))) is not None:
-        um = K.VISIUM_SPOT_DIAMETER_UM / d
+        if not (np.isfinite(d) and d > 0):
+            raise InputError(path, f"uns['spatial'] scale factors give spot_diameter_fullres = {d:g}, not a "
+                             "positive number of pixels.", "fix the scale factors, or pass --um-per-px.")
+        um = K.VISIUM_SPOT_FULLRES_UM / d
         lat, nn = C.lattice_um_per_px(coords, K.VISIUM_PITCH_UM)
         if np.isfinite(lat) and abs(lat / um - 1) > 0.1:
             notes.warn(
-                f"{path.name}: uns['spatial'] scale factors give {um:.3f} um/px (55 um / spot_diameter_fullres) but "
+                f"{path.name}: uns['spatial'] scale factors give {um:.3f} um/px (65 um / spot_diameter_fullres) but "
                 f"the spot lattice in these coordinates gives {lat:.3f} um/px (100 um pitch / {nn:.1f} px): the "
                 "coordinates are not in the full-resolution frame of those scale factors; using the lattice value. "
                 "Pass um_per_px (--um-per-px) if you know it."
             )
             return lat, C.estimated_source("Visium", K.VISIUM_PITCH_UM, nn)
-        return um, f"uns['spatial'] scalefactors ({K.VISIUM_SPOT_DIAMETER_UM:g} um spot / spot_diameter_fullres)"
+        return um, f"uns['spatial'] scalefactors ({K.VISIUM_SPOT_FULLRES_UM:g} um spot span / spot_diameter_fullres)"
     if slide is not None and slide.um_per_px is not None:
         return float(slide.um_per_px), str(slide.um_per_px_source)
     if pitch is not None:

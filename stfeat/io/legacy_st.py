@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 from stfeat import _constants as K
 from stfeat.errors import InputError
 from stfeat.io import _common as C
+from stfeat.io._lattice import outlier_note
 from stfeat.io.sample import Sample
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,22 @@ def stutility_sections(folder: Path) -> list[str]:
             if _spot_file_for(folder, s) is not None:
                 out.append(s)
     return out
+
+
+def section_for(path: Path, sample_id: str | None) -> str | None:
+    """The section a sample id means at ``path``: the id itself when the folder holds such a section, else
+    the counts file's section or the folder's only section (a sample id may differ from the file name)."""
+    if sample_id is None:
+        return None
+    if path.is_file():
+        return _strip(path.name)
+    try:
+        secs = her2st_sections(path) if is_her2st_root(path) else stutility_sections(path) if path.is_dir() else []
+    except OSError:
+        return sample_id
+    if sample_id in secs:
+        return sample_id
+    return secs[0] if len(secs) == 1 else sample_id
 
 
 def locate(path: Path, section: str | None) -> dict[str, object]:
@@ -131,7 +149,8 @@ def _read_counts(path: Path):  # -> (X csr, row ids, genes)
 
     try:
         df = pd.read_csv(path, sep="\t", index_col=0, engine="c", low_memory=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError,
+            zlib.error) as exc:  # a damaged gzip stream ends in zlib.error
         raise InputError(path, f"the counts table cannot be parsed ({exc}).",
                          "give a tab-separated spots x genes table with a header row of genes.") from None
     non_num = [c for c, t in df.dtypes.items() if t.kind not in "biuf"]
@@ -145,44 +164,74 @@ def _read_counts(path: Path):  # -> (X csr, row ids, genes)
 
 
 def _read_spots(path: Path):
+    """(keys, pixel xy, lattice) of the selected spots; ``lattice`` is (fit, step_um, array words) or an error."""
     import pandas as pd
 
     try:
         df = pd.read_csv(path, sep="\t", engine="c")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError,
+            zlib.error) as exc:
         raise InputError(path, f"the spot file cannot be parsed ({exc}).", "give a tab-separated table.") from None
     need = {"x", "y", "pixel_x", "pixel_y"}
     if not need <= set(df.columns):
         raise InputError(path, f"the spot file lacks columns {sorted(need - set(df.columns))} (has {list(df.columns)}).",
                          "give columns x, y (array position), pixel_x, pixel_y (spot centre in full-res px).")
-    lattice = _array_pitch_px(df)
-    if "selected" in df.columns:
-        df = df[df["selected"] == 1]
-    keys = (df["x"].astype(int).astype(str) + "x" + df["y"].astype(int).astype(str)).to_numpy()
+    for c in ("x", "y", "pixel_x", "pixel_y", *(["selected"] if "selected" in df.columns else [])):
+        num = pd.to_numeric(df[c], errors="coerce")
+        bad = num.isna() & df[c].notna()
+        if bad.any():
+            rows = [int(r) + 2 for r in np.flatnonzero(bad.to_numpy())[:5]]  # +2: header line, 1-based
+            raise InputError(path, f"column {c} holds {int(bad.sum())} values that are not numbers (e.g. "
+                             f"{df[c][bad].iloc[0]!r} on line {rows[0]}; lines {rows}).",
+                             f"make every {c} a number.")
+        df[c] = num.astype(np.float64)
+    big = (df[["pixel_x", "pixel_y"]].abs() > 1e7).any(axis=1).to_numpy()
+    if big.any():
+        line = int(np.flatnonzero(big)[0]) + 2
+        raise InputError(path, f"{int(big.sum())} spot pixel positions are beyond 10 million px (line {line}: "
+                         f"{df.pixel_x.iloc[line - 2]:g}, {df.pixel_y.iloc[line - 2]:g}): no slide is that large.",
+                         "fix pixel_x/pixel_y (spot centres in full-resolution image pixels).")
+    lattice = _array_lattice(df, path)
+    sel = (df["selected"] == 1).to_numpy() if "selected" in df.columns else np.ones(len(df), bool)
+    xy_all = df[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    arr = df[["x", "y"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(arr[sel]).all():
+        raise InputError(path, "some selected spots have no array position (x, y).", "fill x and y for every spot.")
+    keys = np.array([f"{int(round(a))}x{int(round(b))}" for a, b in arr[sel]], dtype=object).astype(str)
     C.check_unique(keys, path, "array positions")
-    xy = df[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    xy = xy_all[sel]
     if not np.isfinite(xy).all():
         raise InputError(path, "some spot pixel positions are missing or not numbers.", "fill pixel_x and pixel_y for every selected spot.")
+    if not isinstance(lattice, InputError):
+        fit = lattice[0]
+        is_out = np.zeros(len(df), bool)
+        is_out[fit.far] = True
+        lattice = (*lattice, is_out[sel], np.flatnonzero(sel) + 2)  # + file line of each selected spot
     return keys, xy, lattice
 
 
-def _array_pitch_px(df) -> tuple[float, float] | None:
-    """(um per array step, px per array step) fitted from array positions x, y to pixel_x, pixel_y.
+def _array_lattice(df, path: Path):
+    """(LatticeFit, um per array step, array words) fitted from x, y to pixel_x, pixel_y, or the InputError.
 
     A nearest-neighbour median is biased low by the jitter of detected spot centres (HER2ST: 271 px
-    against a true 290 px step), so the step is fitted by least squares over all spots of the file.
+    against a true 290 px step), so the lattice is fitted over every row of the file, robustly (see
+    :mod:`stfeat.io._lattice`): a few mistyped rows are left out and named instead of skewing the fit.
     The 1k ST array is a square grid with a 200 um step; the 2k array uses only every other position
     (x + y of one parity, a checkerboard) with a 100 um step.
     """
-    d = df[["x", "y", "pixel_x", "pixel_y"]].dropna()
-    if len(d) < 6:
-        return None
-    A = np.column_stack([d["x"].to_numpy(float), d["y"].to_numpy(float), np.ones(len(d))])
-    coef, *_ = np.linalg.lstsq(A, d[["pixel_x", "pixel_y"]].to_numpy(float), rcond=None)
-    step_px = float((np.hypot(*coef[0]) + np.hypot(*coef[1])) / 2)
-    parity = (d["x"].round().astype(int) + d["y"].round().astype(int)) % 2
-    step_um = K.LEGACY_ST_PITCH_UM / 2 if parity.nunique() == 1 else K.LEGACY_ST_PITCH_UM
-    return (step_um, step_px) if step_px > 0 else None
+    from stfeat.io._lattice import fit_lattice
+
+    d = df[["x", "y", "pixel_x", "pixel_y"]]
+    fin = np.isfinite(d.to_numpy(np.float64)).all(axis=1)
+    xy = d[["x", "y"]].to_numpy(np.float64)
+    parity = np.unique((np.round(xy[fin, 0]) + np.round(xy[fin, 1])).astype(np.int64) % 2)
+    step_um = K.LEGACY_ST_PITCH_UM / 2 if len(parity) == 1 else K.LEGACY_ST_PITCH_UM
+    words = "1k array, square grid" if step_um == K.LEGACY_ST_PITCH_UM else "2k array, checkerboard grid"
+    try:
+        fit = fit_lattice(xy * step_um, d[["pixel_x", "pixel_y"]].to_numpy(np.float64), path=path)
+    except InputError as exc:
+        return exc
+    return fit, step_um, words
 
 
 def read_legacy_st(
@@ -192,11 +241,16 @@ def read_legacy_st(
     """Read one legacy ST section. ``section`` (or ``sample_id``) picks it from a multi-section folder."""
     from stfeat.slide import open_slide
 
-    loc = locate(path, section or sample_id)
+    loc = locate(path, section or section_for(path, sample_id))
     notes = C.Notes()
     counts_path, spots_path = loc["counts"], loc["spots"]
     X, ids, genes = _read_counts(counts_path)  # type: ignore[arg-type]
     keys, xy, lattice = _read_spots(spots_path)  # type: ignore[arg-type]
+    if not isinstance(lattice, InputError) and lattice[3].any():
+        out = lattice[3]
+        labels = [f"{k} (line {ln})" for k, ln in zip(keys[out], lattice[4][out])]
+        notes.warn(outlier_note(lattice[0], labels, spots_path.name))  # type: ignore[union-attr]
+        keys, xy = keys[~out], xy[~out]
     # counts tables include spots off the tissue: only spot-file (selected) spots are kept, silently
     ci, pi = C.join_positions(ids, keys, counts_path, spots_path, notes, warn_counts=False)  # type: ignore[arg-type]
     n_off = len(ids) - len(ci)
@@ -214,17 +268,14 @@ def read_legacy_st(
         um, src = float(um_per_px), "user"
     elif slide.um_per_px is not None:
         um, src = slide.um_per_px, slide.um_per_px_source
-    elif lattice is not None:
-        step_um, step_px = lattice
-        um = step_um / step_px
-        array = "1k array, square grid" if step_um == K.LEGACY_ST_PITCH_UM else "2k array, checkerboard grid"
-        src = (f"spot-lattice (estimated: legacy ST {array}, {step_um:g} um per array step / {step_px:.1f} px "
-               f"fitted from array positions in {spots_path.name})")  # type: ignore[union-attr]
+    elif isinstance(lattice, InputError):
+        raise lattice
     else:
-        um, nn = C.lattice_um_per_px(coords, K.LEGACY_ST_PITCH_UM)
-        if not np.isfinite(um):
-            raise C.no_um_error(counts_path, "too few spots to measure the 200 um lattice")  # type: ignore[arg-type]
-        src = C.estimated_source("legacy ST", K.LEGACY_ST_PITCH_UM, nn)
+        fit, step_um, array = lattice[:3]
+        um = fit.um_per_px
+        src = (f"spot-lattice (estimated: legacy ST {array}, {step_um:g} um per array step, robust fit of "
+               f"array positions to pixel positions in {spots_path.name}; {fit.describe()})")  # type: ignore[union-attr]
+        notes.note(f"pixel size {um:.4f} um/px from the spot lattice: {fit.describe()}")
     if loc["patient_note"] and (patient is None or patient == loc["patient"]):
         notes.note(str(loc["patient_note"]))
     return C.build_sample(

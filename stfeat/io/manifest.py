@@ -12,7 +12,7 @@ from stfeat.errors import InputError
 from stfeat.io import anndata_reader as A
 from stfeat.io import legacy_st as L
 from stfeat.io import spaceranger as S
-from stfeat.io.read import detect_format, read_sample
+from stfeat.io.detect import detect_format, read_sample
 from stfeat.io.sample import Sample
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def read_manifest(path: str | Path) -> list[SampleRef]:
         raise InputError(mpath, "the manifest lists no samples.", "add one row per sample: sample_id, patient, path.")
     refs: list[SampleRef] = []
     for i, raw in enumerate(rows, start=1):
-        row = {_ALIASES.get(str(k).strip().lower(), str(k).strip().lower()): v for k, v in raw.items()}
+        row = {_ALIASES.get(str(k).strip().lstrip("\ufeff").lower(), str(k).strip().lstrip("\ufeff").lower()): v
+               for k, v in raw.items()}
         if _blank(row.get("path")):
             raise InputError(mpath, f"row {i} has no 'path'.", "give every sample a path (relative to the manifest).")
         p = (mpath.parent / str(row["path"]).strip()).expanduser()
@@ -79,8 +80,11 @@ def read_manifest(path: str | Path) -> list[SampleRef]:
             elif k in ("um_per_px", "bin_size_um"):
                 try:
                     v = float(v)
-                except ValueError:
+                except (TypeError, ValueError):
                     raise InputError(mpath, f"row {i}: {k} {v!r} is not a number.", "give e.g. 0.5 (bins: 8).") from None
+                if not (math.isfinite(v) and v > 0):
+                    raise InputError(mpath, f"row {i}: {k} {v!r} is not a positive finite number.",
+                                     "give micrometres per pixel, e.g. 0.5 (or leave it empty); bins: 2, 8 or 16.")
             elif k == "alignment":
                 v = (mpath.parent / str(v).strip()).expanduser()
             elif k == "allow_normalized":
@@ -95,17 +99,84 @@ def read_manifest(path: str | Path) -> list[SampleRef]:
     dup = sorted({s for s in ids if ids.count(s) > 1})
     if dup:
         raise InputError(mpath, f"duplicate sample ids {dup}.", "give each row a unique sample_id.")
+    check_duplicates(refs, mpath)
     return refs
+
+
+def _counts_file(r: SampleRef) -> Path | None:
+    """The file holding a ref's counts (what makes two rows the same sample), or None when unknown."""
+    p = r.path
+    try:
+        if p.is_file():
+            return p
+        fmt = r.options.get("fmt") or detect_format(p)
+        if fmt == "legacy-st":
+            return Path(L.locate(p, L.section_for(p, r.sample_id))["counts"])  # type: ignore[arg-type]
+        if fmt == "spaceranger":
+            outs = S.outs_dir(p)
+            if outs is not None:
+                for c in (outs / S._H5, outs / S._MTX / "matrix.mtx.gz", outs / S._MTX / "matrix.mtx"):
+                    if c.is_file():
+                        return c
+        if fmt == "anndata":
+            return A.single_h5ad(p)
+    except InputError:
+        return None  # the read itself names the problem
+    return None
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_duplicates(refs: list[SampleRef], mpath: Path) -> None:
+    """Refuse a manifest listing one sample twice: the same counts file, or two files of identical content.
+
+    Two rows of one sample under two patients would put its spots in both the training and the test
+    fold of a patient split.
+    """
+    seen: dict[Path, SampleRef] = {}
+    for r in refs:
+        c = _counts_file(r)
+        if c is None:
+            continue
+        key = c.resolve()
+        if key in seen:
+            o = seen[key]
+            raise InputError(mpath, f"samples {o.sample_id!r} (patient {o.patient}) and {r.sample_id!r} (patient "
+                             f"{r.patient}) are the same data ({c}): one sample listed twice would be tested on "
+                             "its own training spots.", "list each sample once.")
+        seen[key] = r
+    by_size: dict[int, list[tuple[Path, SampleRef]]] = {}
+    for c, r in seen.items():
+        by_size.setdefault(c.stat().st_size, []).append((c, r))
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        digests: dict[str, tuple[Path, SampleRef]] = {}
+        for c, r in group:
+            d = _digest(c)
+            if d in digests:
+                oc, o = digests[d]
+                raise InputError(mpath, f"samples {o.sample_id!r} ({oc}) and {r.sample_id!r} ({c}) have identical "
+                                 "counts files (same sha256): one sample listed twice would be tested on its "
+                                 "own training spots.", "list each sample once (remove the copy).")
+            digests[d] = (c, r)
 
 
 def _manifest_rows(mpath: Path) -> list[dict[str, Any]]:
     if mpath.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        try:
-            data = yaml.safe_load(mpath.read_text())
-        except yaml.YAMLError as exc:
-            raise InputError(mpath, f"the manifest is not valid YAML ({exc}).", "fix the YAML syntax.") from None
+        from stfeat._yaml import load_yaml
+
+        data = load_yaml(mpath, what="manifest")
         if isinstance(data, dict):
             data = data.get("samples")
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -114,10 +185,16 @@ def _manifest_rows(mpath: Path) -> list[dict[str, Any]]:
         return data
     import pandas as pd
 
-    try:
-        df = pd.read_csv(mpath, sep=None, engine="python", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(mpath, f"the manifest cannot be parsed ({exc}).", "write a CSV with a header row.") from None
+    import csv
+
+    if mpath.stat().st_size == 0 or not mpath.read_bytes().strip():
+        raise InputError(mpath, "the manifest is empty.", "write a CSV with a header row (sample_id,patient,path) "
+                         "and one row per sample.")
+    try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+        df = pd.read_csv(mpath, sep=None, engine="python", dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(mpath, f"the manifest cannot be parsed ({exc}).",
+                         "write a UTF-8 CSV with a header row (sample_id,patient,path).") from None
     return df.to_dict("records")
 
 
@@ -220,7 +297,7 @@ def _single(p: Path, fmt: str, overrides: dict[str, Any]) -> SampleRef:
         else:
             sid = _default_id(p)
     if fmt == "legacy-st" and patient is None:
-        patient = L.locate(p, sid)["patient"]  # type: ignore[assignment]
+        patient = L.locate(p, L.section_for(p, sid))["patient"]  # type: ignore[assignment]
     if fmt == "hest" and patient is None and p.is_file():
         meta, _ = A.hest_meta(p.parent.parent, p.stem)
         patient = A._str_or_none(meta.get("patient"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,8 @@ def _read_h5(path: Path):
             names = np.array([b.decode() for b in (feat["name"] if "name" in feat else feat["gene_names"])[()]])
             ftype = (np.array([b.decode() for b in feat["feature_type"][()]]) if "feature_type" in feat
                      else np.full(len(ids), "Gene Expression"))
-    except OSError as exc:
-        raise InputError(path, f"the counts file cannot be read as HDF5 ({exc}).",
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:  # h5py, damaged file
+        raise InputError(path, f"the counts file cannot be read as HDF5 ({type(exc).__name__}: {exc}).",
                          "re-copy filtered_feature_bc_matrix.h5 from the Space Ranger outs/ folder.") from None
     return m.T.tocsr(), barcodes, ids, names, ftype
 
@@ -77,7 +78,7 @@ def _read_mtx(folder: Path):
     try:
         with (gzip.open(mtx, "rb") if mtx.suffix == ".gz" else open(mtx, "rb")) as fh:
             m = scipy.io.mmread(fh)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
         raise InputError(mtx, f"the Matrix Market file cannot be parsed ({exc}).", "re-copy it from Space Ranger outs/.") from None
     bc = pd.read_csv(_f("barcodes.tsv"), sep="\t", header=None, engine="c")[0].astype(str).to_numpy()
     ff = _f("features.tsv") if any((folder / s).is_file() for s in ("features.tsv.gz", "features.tsv")) else _f("genes.tsv")
@@ -92,7 +93,7 @@ def _read_mtx(folder: Path):
 
 
 def read_positions(spatial: Path):
-    """(barcodes, in_tissue, xy full-res px) from whichever positions file exists, and its path."""
+    """(barcodes, in_tissue, xy full-res px, path, (array_col, array_row)) from whichever positions file exists."""
     import pandas as pd
 
     path = next((spatial / n for n in _POSITIONS if (spatial / n).is_file()), None)
@@ -110,15 +111,26 @@ def read_positions(spatial: Path):
                 df.columns = _POS_COLS[: df.shape[1]]
         else:
             df = pd.read_csv(path, engine="c")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError, zlib.error) as exc:
         raise InputError(path, f"the positions file cannot be parsed ({exc}).", "re-copy it from Space Ranger outs/spatial/.") from None
     missing = [c for c in _POS_COLS if c not in df.columns]
     if missing:
         raise InputError(path, f"the positions file lacks columns {missing}.", f"give columns {_POS_COLS}.")
     bc = df["barcode"].astype(str).to_numpy()
     C.check_unique(bc, path)
-    xy = df[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
-    return bc, df["in_tissue"].to_numpy().astype(int), xy, path
+    num = {}
+    for c in _POS_COLS[1:]:
+        v = pd.to_numeric(df[c], errors="coerce")
+        if v.isna().any() or not np.isfinite(v.to_numpy(np.float64)).all():
+            line = int(np.flatnonzero(v.isna().to_numpy() | ~np.isfinite(v.to_numpy(np.float64)))[0])
+            raise InputError(path, f"column {c} holds values that are not finite numbers (e.g. "
+                             f"{df[c].iloc[line]!r}, row {line + 1}).", f"make every {c} a number.")
+        num[c] = v.to_numpy(np.float64)
+    xy = np.column_stack([num["pxl_col_in_fullres"], num["pxl_row_in_fullres"]])
+    if (np.abs(xy) > 1e7).any():
+        raise InputError(path, "some spot pixel positions are beyond 10 million px: no slide is that large.",
+                         "fix pxl_row_in_fullres / pxl_col_in_fullres (full-resolution image pixels).")
+    return bc, num["in_tissue"].astype(int), xy, path, np.column_stack([num["array_col"], num["array_row"]])
 
 
 def read_scalefactors(spatial: Path) -> tuple[dict[str, Any], Path | None]:
@@ -126,9 +138,60 @@ def read_scalefactors(spatial: Path) -> tuple[dict[str, Any], Path | None]:
     if not path.is_file():
         return {}, None
     try:
-        return json.loads(path.read_text()), path
+        sf = json.loads(path.read_text())
+        if not isinstance(sf, dict):
+            raise InputError(path, f"the scale factors are a JSON {type(sf).__name__}, not an object.",
+                             "re-copy it from Space Ranger outs/spatial/.")
+        return sf, path
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, f"the scale factors are not valid JSON ({exc}).", "re-copy it from Space Ranger outs/spatial/.") from None
+
+
+def _visium_um(user, sf, sf_path, array_cr, xy, pos_path, slide, coords, outs, notes) -> tuple[float, str]:
+    """um/px of a Visium sample: from the 100 um lattice of array positions, checked against the scale factors.
+
+    ``spot_diameter_fullres`` is the pixel span of a theoretical 65 um spot (the 55 um capture area plus
+    margin), so ``65 / spot_diameter_fullres`` is a second estimate; more than 3% apart, a warning says so.
+    """
+    from stfeat.io._lattice import fit_lattice
+
+    d = sf.get("spot_diameter_fullres")
+    if d is not None:
+        try:
+            d = float(d)
+        except (TypeError, ValueError):
+            d = float("nan")
+        if not (np.isfinite(d) and d > 0):
+            raise InputError(sf_path, f"spot_diameter_fullres is {sf.get('spot_diameter_fullres')!r}, not a positive "
+                             "number of pixels.", "re-copy scalefactors_json.json from Space Ranger outs/spatial/, "
+                             "or pass --um-per-px.")
+    if user is not None:
+        return float(user), "user"
+    sf_um = K.VISIUM_SPOT_FULLRES_UM / d if d else None
+    # array_col steps 2 per 100 um along a row; array_row steps 100 * sqrt(3) / 2 um
+    u = np.column_stack([array_cr[:, 0] * K.VISIUM_PITCH_UM / 2, array_cr[:, 1] * K.VISIUM_PITCH_UM * np.sqrt(3) / 2])
+    try:
+        fit = fit_lattice(u, xy, path=pos_path, what="positions file")
+    except InputError as exc:
+        if sf_um is None and (slide is None or slide.um_per_px is None):
+            raise
+        notes.warn(f"{pos_path.name}: no usable spot lattice ({exc.problem}); using the scale factors.")
+        fit = None
+    if fit is not None:
+        um = fit.um_per_px
+        src = (f"spot-lattice (Visium, {K.VISIUM_PITCH_UM:g} um centre to centre, robust fit of array_row/array_col "
+               f"to pixel positions in {pos_path.name}; {fit.describe()})")
+        if sf_um is not None:
+            gap = abs(sf_um / um - 1)
+            src += f"; scale factors give {sf_um:.4f} ({K.VISIUM_SPOT_FULLRES_UM:g} um / spot_diameter_fullres)"
+            if gap > 0.03:
+                notes.warn(f"{pos_path.name}: the spot lattice gives {um:.4f} um/px but {sf_path.name if sf_path else 'the scale factors'} "
+                           f"give {sf_um:.4f} ({K.VISIUM_SPOT_FULLRES_UM:g} um / spot_diameter_fullres {d:g} px), "
+                           f"{100 * gap:.1f}% apart; using the lattice. Pass --um-per-px if you know the pixel size.")
+        return um, src
+    if sf_um is not None:
+        return sf_um, f"spaceranger scalefactors ({K.VISIUM_SPOT_FULLRES_UM:g} um spot span / spot_diameter_fullres)"
+    return float(slide.um_per_px), str(slide.um_per_px_source)
 
 
 def read_spaceranger(
@@ -158,7 +221,7 @@ def read_spaceranger(
         X, ids, names = X[:, np.flatnonzero(ge)], ids[ge], names[ge]
     X = C.check_counts(X, counts_path)
     spatial = outs / "spatial"
-    pbc, in_tissue, xy, pos_path = read_positions(spatial)
+    pbc, in_tissue, xy, pos_path, array_cr = read_positions(spatial)
     tissue = in_tissue == 1
     ci, pi = C.join_positions(bc, pbc[tissue], counts_path, pos_path, notes)
     n_off = int((~tissue).sum())
@@ -175,7 +238,14 @@ def read_spaceranger(
                     raise InputError(sf_path or spatial / "scalefactors_json.json",
                                      f"{name} exists but its scale factor {key!r} is missing.",
                                      "copy scalefactors_json.json from Space Ranger outs/spatial/, or pass image=FULLRES.")
-                img_path, scale = spatial / name, float(sf[key])
+                try:
+                    scale = float(sf[key])
+                except (TypeError, ValueError):
+                    scale = float("nan")
+                if not (np.isfinite(scale) and scale > 0):
+                    raise InputError(sf_path, f"{key} is {sf[key]!r}, not a positive number.",
+                                     "copy scalefactors_json.json from Space Ranger outs/spatial/, or pass image=FULLRES.")
+                img_path = spatial / name
                 break
     slide = None
     if img_path is not None:
@@ -190,18 +260,7 @@ def read_spaceranger(
     else:
         notes.warn(f"{outs}: no image found (no --image and no tissue_hires/lowres PNG); expression only.")
 
-    if um_per_px is not None:
-        um, src = float(um_per_px), "user"
-    elif sf.get("spot_diameter_fullres"):
-        um = K.VISIUM_SPOT_DIAMETER_UM / float(sf["spot_diameter_fullres"])
-        src = f"spaceranger scalefactors ({K.VISIUM_SPOT_DIAMETER_UM:g} um spot / spot_diameter_fullres)"
-    elif slide is not None and slide.um_per_px is not None:
-        um, src = slide.um_per_px, str(slide.um_per_px_source)
-    else:
-        um, nn = C.lattice_um_per_px(coords, K.VISIUM_PITCH_UM)
-        if not np.isfinite(um):
-            raise C.no_um_error(outs, "no spot_diameter_fullres in scalefactors_json.json and too few spots")
-        src = C.estimated_source("Visium", K.VISIUM_PITCH_UM, nn)
+    um, src = _visium_um(um_per_px, sf, sf_path, array_cr, xy, pos_path, slide, coords, outs, notes)
     if n_off:
         notes.note(f"{n_off} positions are off tissue (in_tissue 0) and were not kept")
     sid = sample_id or (outs.parent.name if outs.name == "outs" else outs.name)

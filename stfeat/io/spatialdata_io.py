@@ -63,7 +63,10 @@ def _image_to_tiff(img: Any, key: str, zarr_path: Path) -> Path:
     """Level 0 of an image element as a tiled pyramidal TIFF in the slide cache (written once)."""
     import tifffile
 
-    from stfeat.slide import _slide_cache_dir
+    try:
+        from stfeat.slide_cache import cache_dir as _slide_cache_dir
+    except ImportError:  # before the slide cache module
+        from stfeat.slide import _slide_cache_dir
 
     st = os.stat(zarr_path)
     h = hashlib.sha256(f"{zarr_path.resolve()}|{key}|{st.st_mtime_ns}".encode()).hexdigest()[:16]

@@ -121,7 +121,7 @@ def read_visium_hd(
         X, ids, names = X[:, np.flatnonzero(ge)], ids[ge], names[ge]
     X = C.check_counts(X, counts_path)
     spatial = bdir / "spatial"
-    pbc, in_tissue, xy, pos_path = S.read_positions(spatial)
+    pbc, in_tissue, xy, pos_path, _array_cr = S.read_positions(spatial)
     tissue = in_tissue == 1
     ci, pi = C.join_positions(bc, pbc[tissue], counts_path, pos_path, notes)
     X, bc, coords = X[ci], bc[ci], xy[tissue][pi]

@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +46,7 @@ from stfeat.batching import (
     extract_points,
     iter_features,
 )
-from stfeat.errors import InputError
+from stfeat.errors import InputError, ResourceError, StfeatError
 
 if TYPE_CHECKING:  # pragma: no cover
     from stfeat.encoders.base import Encoder
@@ -99,8 +97,8 @@ class _Identity:
         return C.config_hash(self.identity)
 
 
-def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = None, pretrained: bool = True,
-                     memo_dir: Path | None = None) -> _Identity:
+def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = None, pretrained: bool = True
+                     ) -> _Identity:
     """What identifies an encoder's features, computed WITHOUT building the model.
 
     A registry name contributes its spec (architecture, input size, normalisation, pooling,
@@ -108,7 +106,7 @@ def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = N
     (seeded) the word "random". The config hash of the cache is the hash of this dict.
 
     A weights file's digest is memoised by :func:`stfeat.encoders._weights.weights_sha256` (the same
-    fingerprint ``Encoder.weights_id`` records); ``memo_dir`` is accepted for compatibility and unused.
+    fingerprint ``Encoder.weights_id`` records).
     """
     from stfeat.encoders.base import Encoder
 
@@ -151,47 +149,7 @@ def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = N
                      int(spec.input_px) if spec is not None else None)
 
 
-# ---------------------------------------------------------------- the writer thread
-class _Writer:
-    """Writes finished batches to the open HDF5 file in a background thread (small queue), so the
-    encoder never waits on disk. Each batch: feature rows, padded flags, then done flags, then flush."""
-
-    def __init__(self, f: Any, names: Sequence[str], dtype: np.dtype, maxsize: int = 4) -> None:
-        self.f, self.names, self.dtype = f, list(names), dtype
-        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.error: BaseException | None = None
-        self.t = threading.Thread(target=self._run, name="stfeat-cache-writer", daemon=True)
-        self.t.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue
-            a, b, feats, padded = item
-            try:
-                for j, s in enumerate(self.names):
-                    self.f["features"][s][a:b] = feats[:, j].astype(self.dtype)
-                    self.f["padded"][s][a:b] = padded[:, j]
-                for s in self.names:
-                    self.f["done"][s][a:b] = True
-                self.f.flush()
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-                self.error = exc
-
-    def put(self, a: int, b: int, feats: np.ndarray, padded: np.ndarray) -> None:
-        self.check()
-        self.q.put((a, b, feats, padded))
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.t.join()
+from stfeat._cache_writer import _Writer  # noqa: E402 - the writer thread (kept out of this module)
 
 
 # ---------------------------------------------------------------- samples, shards, plans
@@ -205,36 +163,12 @@ def _parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
             i_s, n_s = shard.split("/")
             i, n = int(i_s), int(n_s)
         except ValueError:
-            raise ValueError(f"shard must look like 'i/n' (0-based, e.g. 0/4), got {shard!r}") from None
+            raise InputError(None, f"shard must look like 'i/n' (0-based), got {shard!r}.", "give e.g. 0/4.") from None
     else:
         i, n = shard
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"shard {i}/{n} is out of range: i is 0-based, 0 <= i < n (e.g. 0/4 .. 3/4)")
+        raise InputError(None, f"shard {i}/{n} is out of range: i is 0-based, 0 <= i < n.", "give e.g. 0/4 .. 3/4.")
     return i, n
-
-
-class _SampleAsRef:
-    """Wrap an already loaded Sample so it flows through the same code as a SampleRef."""
-
-    def __init__(self, sample: Any) -> None:
-        self.sample = sample
-        self.sample_id = sample.sample_id
-        self.patient = sample.patient
-
-    def load(self) -> Any:
-        return self.sample
-
-
-def _as_refs(samples: Any, um_per_px: float | None) -> list[Any]:
-    if isinstance(samples, (str, Path)):
-        from stfeat.io import resolve_samples
-
-        kw = {"um_per_px": um_per_px} if um_per_px is not None else {}
-        return list(resolve_samples(samples, **kw))
-    refs = []
-    for s in samples:
-        refs.append(_SampleAsRef(s) if hasattr(s, "adata") and hasattr(s, "slide") else s)
-    return refs
 
 
 @dataclass
@@ -256,9 +190,10 @@ def _mismatch(path: Path, attrs: dict, ident: _Identity) -> InputError:
 
 
 def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.dtype, k: int,
-          um_per_px: float | None, overwrite: bool, mode: str = "auto") -> _Plan:
+          um_per_px: float | None, overwrite: bool, sample_id: str | None = None, mode: str = "auto") -> _Plan:
     want = sorted(float(s) for s in scales)
     part = C.partial_path(final)
+    C.refuse_symlinks(final, part)
     if overwrite:
         return _Plan("new", want)
     for path, is_final in ((final, True), (part, False)):
@@ -271,6 +206,8 @@ def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.d
                 raise
             log.warning("%s is unreadable (killed mid-write?): starting it again", path)
             return _Plan("new", want)
+        C.check_sample_id(path, attrs, sample_id)
+        C.verify_attrs(path, attrs)
         if attrs.get("config_hash") != ident.hash:
             raise _mismatch(path, attrs, ident)
         if np.dtype(str(attrs.get("dtype", "float16"))) != dtype:
@@ -355,14 +292,36 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             status = "written"
     scales = list(plan.scales)
     if f is not None:
-        if um_override is None:  # resume with the crops' original geometry
-            um = float(f.attrs.get("um_per_px", um))
+        if um_override is None:  # resume with the crops' original geometry, if the sample still has it
+            stored = float(f.attrs.get("um_per_px", um))
+            if abs(stored - um) > 1e-6 * um:
+                f.close()
+                raise InputError(part, f"was started at {stored:.6g} um/px, but the sample now reads {um:.6g} um/px "
+                                 f"({sample.um_per_px_source}); its scales would mix two geometries.",
+                                 "pass --overwrite to recompute it, or give --um-per-px explicitly.")
+            um = stored
         # an interrupted run may have started scales that were not asked for this time: finish them too
         scales = sorted(set(scales) | {float(x) for x in f["features"].keys()})
     bs = int(batch_size or plan.batch_size or auto_bs())
+    from stfeat._faults import check_room, expected_bytes
+
+    try:
+        check_room(part, expected_bytes(n, int(enc.embed_dim), len(scales), dtype.itemsize, k),
+                   part.stat().st_size if part.exists() else 0)
+    except ResourceError:
+        if f is not None:
+            f.close()
+        raise
     if f is None:
-        f = h5py.File(part, "w")
-        C.create_datasets(f, barcodes=barcodes, coords=coords)
+        try:
+            f = h5py.File(part, "w")
+            C.create_datasets(f, barcodes=barcodes, coords=coords)
+        except (OSError, RuntimeError) as exc:
+            from stfeat._faults import disk_error, is_write_failure
+
+            if not is_write_failure(exc):
+                raise
+            raise disk_error(part, exc) from None
         slide_path = getattr(sample.slide, "path", "")
         C._set_attrs(f, {
             "schema_version": K.CACHE_SCHEMA_VERSION, "complete": False, "created": C.now_iso(), "completed": "",
@@ -421,8 +380,17 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
                 bar.close()
             writer.check()
         C.finalize(f, scales_um=scales)
+    except (OSError, RuntimeError, StfeatError) as exc:
+        from stfeat._faults import abandon, disk_error, is_write_failure
+
+        if not (is_write_failure(exc) or isinstance(exc, ResourceError)):
+            raise
+        abandon(f)  # closing an HDF5 file after a failed write crashes the process; leave it open
+        f = None
+        raise disk_error(part, exc) if not isinstance(exc, ResourceError) else exc from None
     finally:
-        f.close()
+        if f is not None:
+            f.close()
     os.replace(part, final)
     return status, n_computed
 
@@ -436,7 +404,7 @@ def _load_sample(ref: Any) -> Any:
 
 
 # ---------------------------------------------------------------- the public entry point
-def extract(
+def extract_caches(
     samples: Any,
     *,
     encoder: "str | Encoder",
@@ -458,7 +426,7 @@ def extract(
     mode: str = "auto",
     tile_px: int | None = None,
 ) -> list[Path]:
-    """Extract multi-scale features of every spot of every sample into the feature cache.
+    """Extract multi-scale features of every spot of every sample into the feature cache (``stfeat extract``).
 
     Parameters
     ----------
@@ -526,11 +494,13 @@ def extract(
     dt = C._np_dtype(dtype)
     scales = sorted({float(s) for s in scales_um})
     if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales_um must be positive micrometres, got {list(scales_um)}")
+        raise InputError(None, f"scales_um must be positive micrometres, got {list(scales_um)}.", "give e.g. 112, 224.")
     if k_neighbors < 0:
-        raise ValueError(f"k_neighbors must be >= 0, got {k_neighbors}")
+        raise InputError(None, f"k_neighbors must be >= 0, got {k_neighbors}.", "give 0 (none) or more.")
     root = Path(cache_dir if cache_dir is not None else os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
-    refs = _as_refs(samples, um_per_px)
+    from stfeat.io import as_samples
+
+    refs = as_samples(samples, lazy=True, um_per_px=um_per_px)
     rank, world = _parse_shard(shard)
     refs = refs[rank::world]
     ident = encoder_identity(encoder, weights=weights, pretrained=pretrained)
@@ -539,8 +509,8 @@ def extract(
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite, mode=mode)
-             for p in finals]
+    plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite,
+                   sample_id=r.sample_id, mode=mode) for p, r in zip(finals, refs)]
     results: list[SampleResult] = []
 
     def report(r: SampleResult) -> None:
@@ -575,7 +545,7 @@ def extract(
                 futures[work[j + 1]] = pool.submit(_load_sample, refs[work[j + 1]])
             with C.cache_lock(finals[i]):
                 plan = _plan(finals[i], ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px,
-                             overwrite=overwrite, mode=mode)  # again, under the lock: another rank may have finished it
+                             overwrite=overwrite, sample_id=refs[i].sample_id, mode=mode)  # again, under the lock: another rank may have finished it
                 if plan.action == "skip":
                     report(SampleResult(refs[i].sample_id, finals[i], "skipped", plan.n_spots, 0,
                                         time.perf_counter() - t0, plan.scales))
@@ -591,5 +561,30 @@ def extract(
     return finals
 
 
-__all__ = ["extract", "extract_points", "iter_features", "encoder_identity", "SampleResult", "CropDataset",
+def extract(samples: Any, *, encoder: "str | Encoder", cache_dir: str | Path | None = None,
+            scales_um: Sequence[float] = DEFAULT_SCALES_UM, **kwargs: Any):
+    """Extract (or reuse) the cached features of ``samples`` and return them as a FeatureSet.
+
+    ``st.extract(st.read("runs/"), encoder="uni", scales_um=(112, 224, 448), cache_dir="cache")``. The keyword
+    arguments are those of :func:`extract_caches`; finished cache files are reused, interrupted ones resumed.
+    With a shard (or under torchrun) the FeatureSet holds this rank's samples.
+
+    Returns
+    -------
+    stfeat.features.FeatureSet
+        Features at ``scales_um``, spot coordinates, neighbours, counts and provenance of every sample.
+    """
+    from stfeat.features import FeatureSet
+    from stfeat.io import as_samples
+
+    root = Path(cache_dir if cache_dir is not None else os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
+    loaded = as_samples(samples, um_per_px=kwargs.get("um_per_px"))
+    paths = extract_caches(loaded, encoder=encoder, cache_dir=root, scales_um=scales_um, **kwargs)
+    ident = encoder_identity(encoder, weights=kwargs.get("weights"), pretrained=kwargs.get("pretrained", True))
+    mine = {p.name for p in paths}
+    kept = [s for s in loaded if C.cache_path(root, ident.tag, s.sample_id).name in mine]
+    return FeatureSet.load(kept, encoder=ident.name, cache_dir=root, scales_um=sorted({float(s) for s in scales_um}))
+
+
+__all__ = ["extract", "extract_caches", "extract_points", "iter_features", "encoder_identity", "SampleResult", "CropDataset",
            "auto_batch_size", "default_num_workers", "DEFAULT_SCALES_UM", "CPU_BATCH_SIZE"]

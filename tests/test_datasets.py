@@ -1,13 +1,14 @@
-"""The synthetic dataset: layout the readers expect, labelled as synthetic, deterministic, learnable."""
+"""stfeat.datasets: the synthetic dataset has the layout the readers expect, is labelled, deterministic, learnable."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 
-from stfeat.synthetic import (
+from stfeat.datasets import (
     SYNTHETIC_BANNER,
     gene_panel,
     hex_spots,
@@ -140,3 +141,33 @@ def test_gene_panel_and_render_shapes():
     sec = render_section(size_um=(300.0, 200.0), seed=1)
     assert sec["image"].shape == (400, 600, 3) and sec["image"].dtype == np.uint8
     assert sec["labels"].shape == (50, 75)
+
+
+# Checksums of the generator's output, computed with stfeat/synthetic.py before it moved to
+# stfeat/datasets/ (commit 25ae26d). A deliberate change of the generator bumps GENERATOR_VERSION and
+# these values together.
+SMALL_COUNTS_SHA256 = "57cb3ab92cf8443dd7c003e2f1a7ce370e842655a172660e6d2a6a743a332a52"
+RENDER_LABELS_SHA256 = "4f8c12d8c1c542d6beb192032f857928d8c7004db17982ebad151f8fd6b3028e"
+RENDER_IMAGE_SUM = 143576252
+
+
+def test_output_unchanged_since_the_move(small):
+    h = hashlib.sha256()
+    for sid in small.sample_ids:
+        a = _read(small, sid)
+        h.update(np.ascontiguousarray(a.X.toarray(), dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(a.obsm["spatial"]).tobytes())
+        h.update("\n".join(a.obs_names).encode())
+        h.update("\n".join(a.var_names).encode())
+        h.update("\n".join(map(str, a.var["role"])).encode())
+        for c in a.obs.columns:
+            if a.obs[c].dtype.kind in "iu":
+                h.update(a.obs[c].to_numpy(np.int64).tobytes())
+    assert h.hexdigest() == SMALL_COUNTS_SHA256
+    sec = render_section(size_um=(300.0, 200.0), seed=1)
+    assert hashlib.sha256(sec["labels"].tobytes()).hexdigest() == RENDER_LABELS_SHA256
+    assert len(sec["nuclei"]) == 513
+    # The RGB values go through float32 exp/power, whose last bit may differ between CPUs (SIMD
+    # kernels): the image is compared by its sum, to a few pixels' worth of rounding.
+    assert abs(int(sec["image"].astype(np.int64).sum()) - RENDER_IMAGE_SUM) <= 1000
+

@@ -1,0 +1,233 @@
+"""Files of a ``stfeat fit`` run, from in-memory results (:func:`write_report`).
+
+Into ``out_dir``::
+
+    metrics.json          everything: inputs, split and its notes, genes per fold, summaries, provenance,
+                          best_model (the head with the best mean held-out r, used by predict by default)
+    metrics.csv           one row per encoder x head x fold (+ "mean" rows), with the gene list, rule,
+                          transform, split, scales, head params and stfeat version on every row
+    per_gene.csv          per-gene r / MSE / MAE per encoder x head x fold, same provenance columns
+    comparison.csv        rows encoder x head, columns: mean r per held-out sample, then the mean over folds
+    predictions/{encoder}__{head}.h5ad   X = layers["predicted"], layers["measured"], obs sample/fold/coords
+    models/{encoder}__{head}/            final model (stfeat.Model); folds/ with save_fold_models
+    plots/{encoder}__{head}/             r distribution, measured vs predicted maps (best/worst genes)
+
+The folder is written under a temporary name and swapped in whole, so an interrupted run never leaves new
+models beside old metrics (or the reverse).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stfeat.errors import InputError
+
+log = logging.getLogger(__name__)
+
+_OURS = {"metrics.json", "metrics.csv", "per_gene.csv", "comparison.csv", "predictions", "models", "plots",
+         "resolved_config.yaml"}
+
+
+def _json_default(o: Any):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, (np.ndarray,)):
+        return o.tolist()
+    return str(o)
+
+
+def comparison_table(cvs: dict, sample_ids: list[str]):
+    """Rows encoder x head; columns: mean r per held-out sample, then the mean over folds."""
+    import pandas as pd
+
+    return pd.DataFrame([{"encoder": cv.encoder, "head": cv.head,
+                          **{c: cv.r_per_sample.get(c, np.nan) for c in sample_ids}, "mean": cv.mean_r}
+                         for cv in cvs.values()])
+
+
+def metrics_table(cvs: dict):
+    """metrics.csv: one row per encoder x head x fold, plus a "mean" row per encoder x head."""
+    import pandas as pd
+
+    df = pd.DataFrame([row for cv in cvs.values() for row in cv.rows])
+    mean_rows = []
+    for _, g in df.groupby(["encoder", "head"], sort=False):
+        num = g.select_dtypes("number").mean(numeric_only=True).to_dict()
+        first = g.iloc[0]
+        mean_rows.append({**{k: first[k] for k in g.columns if k not in num}, **num, "fold": "mean",
+                          "test_samples": "all", "train_samples": "", "genes": "per fold (see rows above)"})
+    return pd.concat([df, pd.DataFrame(mean_rows)], ignore_index=True)
+
+
+def _prepare(out_dir: Path) -> Path:
+    """A fresh temporary folder beside ``out_dir``; refuses to replace a folder that is not a fit output."""
+    if out_dir.is_symlink():
+        raise InputError(out_dir, "is a symbolic link; stfeat does not write outputs through links.",
+                         "give a real folder as --out-dir.")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise InputError(out_dir, "exists and is not a folder.", "give a folder as --out-dir.")
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _OURS)
+        if foreign:
+            raise InputError(out_dir, f"holds files that are not a `stfeat fit` output ({foreign[:5]}), which "
+                             "writing the results would replace.", "give an empty or new --out-dir.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, save_fold_models: bool = False,
+                 plots: bool = True, metric_top_k: int = 10, heads: dict | None = None, k_neighbors: int = 8,
+                 neighbor_mean: bool = False, seed: int = 0):
+    """Write the outputs of cross-validated heads (tag -> CVResult) and their refit models (tag -> Model)."""
+    from stfeat import __version__
+    from stfeat.crossval import METRIC_NOTE, TRANSFORM_NOTE
+    from stfeat.fitting import FitResult
+    from stfeat.model import Model, UnsafeEstimatorError
+
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    first_cv = next(iter(cvs.values()))
+    fs0 = next(iter(fsets.values()))
+    plan, transform = first_cv.plan, first_cv.provenance["transform"]
+    samples = fs0.sample_ids
+    comp_df = comparison_table(cvs, samples)
+    metrics_df = metrics_table(cvs)
+    per_gene = pd.concat([cv.per_gene for cv in cvs.values()], ignore_index=True)
+    best = max(cvs.values(), key=lambda c: (np.nan_to_num(c.mean_r, nan=-np.inf)))
+    final = next(iter(models.values()))
+    metrics = {
+        "stfeat_version": __version__,
+        "samples": [{"sample_id": s, "patient": fs0.samples[s].patient,
+                     "path": (fs0.samples[s].sample.meta.get("source_path") if fs0.samples[s].sample is not None
+                              else None), "n_spots": fs0.samples[s].n_spots} for s in samples],
+        "notes": list(plan.notes),
+        "split": plan.to_dict(),
+        "encoders": {e: {"weights_id": fs.provenance["weights_id"], "config_hash": fs.provenance["encoder_config_hash"],
+                         "cache_dir": str(Path(fs.cache_dir).resolve()) if fs.cache_dir is not None else None}
+                     for e, fs in fsets.items()},
+        "scales_um": fs0.scales,
+        "genes": {"rule": first_cv.provenance["gene_rule"],
+                  "description": next(iter(first_cv.selections.values())).description,
+                  "per_fold": {k: v.to_dict() for k, v in first_cv.selections.items()},
+                  "final": {"rule": final.gene_rule, "description": final.gene_rule_description,
+                            "genes": list(final.genes), "train_samples": list(final.train_samples)}},
+        "transform": transform, "transform_note": TRANSFORM_NOTE if transform == "log1p_cp10k" else transform,
+        "metric_note": METRIC_NOTE,
+        "top_k_note": (f"mean_r_top{metric_top_k}_hvg / _hex: mean r over the {metric_top_k} target genes with the "
+                       "highest variance / mean of log1p(cp10k) on the fold's training spots"),
+        "heads": dict(heads or {}),
+        "k_neighbors": k_neighbors, "neighbor_mean": neighbor_mean, "seed": seed,
+        "best_model": best.tag,
+        "best_model_note": ("the encoder x head with the highest mean held-out r; `stfeat predict` uses it unless "
+                            "--head is given. Refit models carry an intercept (hest-ridge's CV numbers follow "
+                            "HEST's intercept-free protocol) and predictions are clipped at 0"),
+        "results": json.loads(metrics_df.to_json(orient="records")),
+        "comparison": json.loads(comp_df.to_json(orient="records")),
+    }
+    tmp = _prepare(out_dir)
+    try:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+        (tmp / "metrics.csv").write_text(metrics_df.to_csv(index=False))
+        (tmp / "per_gene.csv").write_text(per_gene.to_csv(index=False))
+        (tmp / "comparison.csv").write_text(comp_df.to_csv(index=False))
+        model_dirs = {}
+        for tag, model in models.items():
+            model_dirs[tag] = out_dir / "models" / tag
+            try:
+                model.save(tmp / "models" / tag)
+            except UnsafeEstimatorError as exc:
+                model.save(tmp / "models" / tag, head=False)
+                note = f"model {tag} saved without its head (not usable for predict): {exc}"
+                log.warning("%s", note)
+                metrics["notes"].append(note)
+                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+            if save_fold_models:
+                cv = cvs[tag]
+                for fold in (plan.folds if (tmp / "models" / tag / "head.skops").exists()
+                             or (tmp / "models" / tag / "head").exists() else []):
+                    sel = cv.selections[fold.name]
+                    Model(estimator=cv.estimators[fold.name], head=model.head, genes=list(sel.genes),
+                          transform=model.transform, layout=cv.layout, encoder=model.encoder,
+                          encoder_attrs=model.encoder_attrs, gene_rule=sel.rule, gene_rule_description=sel.description,
+                          cache_dir=model.cache_dir, train_samples=list(fold.train), split=plan.mode, seed=seed,
+                          notes=list(plan.notes)).save(tmp / "models" / tag / "folds" / fold.name)
+        write_predictions(tmp / "predictions", cvs, fsets)
+        if plots:
+            write_plots(tmp / "plots", cvs)
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("comparison (mean Pearson r per held-out sample; mean over folds):\n%s",
+             comp_df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return FitResult(out_dir=out_dir, metrics=metrics, comparison=comp_df, per_gene=per_gene, cv=dict(cvs),
+                     models=dict(models), model_dirs=model_dirs, notes=list(plan.notes))
+
+
+def write_predictions(pred_dir: Path, cvs: dict, fsets: dict) -> None:
+    """One h5ad per encoder x head: predicted (X, layers) and measured values of every held-out spot."""
+    import anndata as ad
+    import pandas as pd
+
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    for tag, cv in cvs.items():
+        fs = fsets[cv.encoder] if cv.encoder in fsets else next(iter(fsets.values()))
+        transform = cv.provenance["transform"]
+        genes: list[str] = list(dict.fromkeys(g for _, _, _, gl in cv.items for g in gl))
+        col = {g: i for i, g in enumerate(genes)}
+        P_all, M_all, obs = [], [], []
+        for fold, sid, P, g in cv.items:
+            sf = fs.samples[sid]
+            full = np.full((len(P), len(genes)), np.nan, np.float32)
+            full[:, [col[x] for x in g]] = P
+            P_all.append(full)
+            M_all.append(fs.targets(sid, genes, transform))
+            obs.append(pd.DataFrame({"sample": sid, "patient": sf.patient or "", "fold": fold, "barcode": sf.barcodes,
+                                     "x_px": sf.coords_px[:, 0], "y_px": sf.coords_px[:, 1]}))
+        obs_df = pd.concat(obs, ignore_index=True)
+        obs_df.index = (obs_df["sample"] + ":" + obs_df["barcode"]).to_numpy()
+        for c in ("sample", "patient", "fold", "barcode"):
+            obs_df[c] = obs_df[c].astype("category")
+        Pm = np.concatenate(P_all)
+        a = ad.AnnData(X=Pm, obs=obs_df, var=pd.DataFrame(index=pd.Index(genes, name="gene")))
+        a.layers["predicted"] = Pm
+        a.layers["measured"] = np.concatenate(M_all)
+        a.obsm["spatial"] = obs_df[["x_px", "y_px"]].to_numpy(np.float64)
+        prov = {k: cv.provenance[k] for k in ("gene_rule", "transform", "split", "stfeat_version")}
+        a.uns["stfeat"] = {"encoder": cv.encoder, "head": cv.head, "notes": list(cv.plan.notes),
+                           **{k: str(v) for k, v in prov.items()}}
+        a.write_h5ad(pred_dir / f"{tag}.h5ad")
+
+
+def write_plots(plot_dir: Path, cvs: dict, n_genes: int = 3) -> None:
+    """r distribution and best/worst gene maps on the H&E thumbnail, per encoder x head."""
+    from stfeat import pl
+
+    for tag, cv in cvs.items():
+        d = plot_dir / tag
+        d.mkdir(parents=True, exist_ok=True)
+        pl.r_distribution(cv.per_gene["pearson_r"].to_numpy(), save=d / "r_distribution.png",
+                          title=f"{cv.encoder} / {cv.head}: per-gene Pearson r (all folds)")
+        for sid in cv.predictions:
+            pl.maps(cv, sid, n=n_genes, save=d / f"maps_{sid}.png")

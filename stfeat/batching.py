@@ -217,7 +217,8 @@ def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sca
 def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encoder", scales_um: Sequence[float]
                    = DEFAULT_SCALES_UM, um_per_px: float | None = None, batch_size: int | None = None,
                    num_workers: int = 0, device: str | None = None, weights: str | Path | None = None,
-                   return_padded: bool = False, progress: bool = False,
+                   return_padded: bool = False, progress: bool = False, mode: str = "crop",
+                   tile_px: int | None = None,
                    ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Features at arbitrary points (e.g. a dense grid), same crops and encoder path as :func:`extract`.
 
@@ -233,6 +234,8 @@ def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encode
         Micrometres per level-0 px; default the slide's own.
     return_padded
         Also return scale name -> (n,) bool "crop ran past the image edge".
+    mode
+        "crop", "dense" (one forward per tile, see :mod:`stfeat.dense`) or "auto" (by point density).
 
     Returns
     -------
@@ -252,6 +255,13 @@ def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encode
                          "pass um_per_px=... (CLI: --um-per-px).")
     centres = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
     n, S = len(centres), len(scales_um)
+    if mode != "crop":
+        from stfeat.dense import dense_features, resolve_mode
+
+        if resolve_mode(mode, centres * float(um), enc)[0] == "dense":
+            feats_d, pads_d = dense_features(slide, centres, encoder=enc, scales_um=scales_um, um_per_px=float(um),
+                                             tile_px=tile_px)
+            return (feats_d, pads_d) if return_padded else feats_d
     bs = batch_size or auto_batch_size(enc, dev, S)
     names = [C.scale_name(s) for s in scales_um]
     feats = {s: np.zeros((n, enc.embed_dim), np.float32) for s in names}

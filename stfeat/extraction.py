@@ -190,7 +190,7 @@ def _mismatch(path: Path, attrs: dict, ident: _Identity) -> InputError:
 
 
 def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.dtype, k: int,
-          um_per_px: float | None, overwrite: bool, sample_id: str | None = None) -> _Plan:
+          um_per_px: float | None, overwrite: bool, sample_id: str | None = None, mode: str = "auto") -> _Plan:
     want = sorted(float(s) for s in scales)
     part = C.partial_path(final)
     C.refuse_symlinks(final, part)
@@ -216,6 +216,9 @@ def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.d
         if um_per_px is not None and abs(float(attrs.get("um_per_px", um_per_px)) - um_per_px) > 1e-9:
             raise InputError(path, f"was extracted at {attrs.get('um_per_px')} um/px, not the requested "
                              f"{um_per_px}.", "pass --overwrite to recompute it, or use another --cache-dir.")
+        if mode in ("crop", "dense") and str(attrs.get("extraction_mode", "crop")) != mode:
+            raise InputError(path, f"holds {attrs.get('extraction_mode', 'crop')}-mode features, not the requested "
+                             f"{mode}-mode ones.", "pass --overwrite to recompute it, or use another --cache-dir.")
         have = sorted(float(s) for s in np.atleast_1d(attrs.get("scales_um", [])))
         allsc = sorted(set(have) | set(want))
         bs = int(attrs["batch_size"]) if attrs.get("batch_size") else None
@@ -249,7 +252,7 @@ def _versions() -> dict[str, str]:
 def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encoder", ident: _Identity,
                  dtype: np.dtype, k: int, batch_size: int | None, num_workers: int, device: str,
                  um_override: float | None, progress: bool, callback: Callable | None,
-                 auto_bs: Callable[[], int]) -> tuple[str, int]:
+                 auto_bs: Callable[[], int], mode: str = "crop", tile_px: int | None = None) -> tuple[str, int]:
     import h5py
 
     from stfeat.neighbors import spatial_neighbors
@@ -346,7 +349,14 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
         # compute each scale that still has missing rows, block by block (fixed composition)
         todo_scales = [s for s in scales if not masks[C.scale_name(s)].all()]
         n_computed = 0
-        if todo_scales:
+        from stfeat.dense import cache_mode, write_dense
+
+        m = cache_mode(f, part, mode, coords * um, enc, masks)  # auto decides by density; recorded in attrs
+        if todo_scales and m == "dense":
+            n_computed, dstats = write_dense(f, sample.slide, coords, todo_scales, encoder=enc, um_per_px=um,
+                                             dtype=dtype, tile_px=tile_px, callback=callback, sample_id=sample.sample_id)
+            C._set_attrs(f, dstats.to_attrs())
+        elif todo_scales:
             names = [C.scale_name(s) for s in todo_scales]
             need = np.zeros(n, bool)
             for s in names:
@@ -413,6 +423,8 @@ def extract_caches(
     progress: bool = False,
     on_sample: Callable[[SampleResult], None] | None = None,
     callback: Callable[[str, int, int], None] | None = None,
+    mode: str = "auto",
+    tile_px: int | None = None,
 ) -> list[Path]:
     """Extract multi-scale features of every spot of every sample into the feature cache (``stfeat extract``).
 
@@ -456,6 +468,13 @@ def extract_caches(
     callback
         Called as ``callback(sample_id, spots_done, spots_total)`` after each batch (raising aborts
         the run; the file stays resumable).
+    mode
+        "crop" (one forward per spot and scale), "dense" (one forward per tissue tile, features
+        pooled from the token/feature map: :mod:`stfeat.dense`) or "auto" (dense when points are
+        closer than 50 um, i.e. bins and cells, and the encoder has a map; crop for spots). The mode
+        used and why are stored in the cache attrs (``extraction_mode``, ``extraction_mode_reason``).
+    tile_px
+        Dense mode: tile side in encoder pixels (default 6 windows for CNNs, 4 for ViTs).
 
     Returns
     -------
@@ -486,8 +505,12 @@ def extract_caches(
     refs = refs[rank::world]
     ident = encoder_identity(encoder, weights=weights, pretrained=pretrained)
     finals = [C.cache_path(root, ident.tag, r.sample_id) for r in refs]
+    from stfeat.dense import MODES
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite,
-                   sample_id=r.sample_id) for p, r in zip(finals, refs)]
+                   sample_id=r.sample_id, mode=mode) for p, r in zip(finals, refs)]
     results: list[SampleResult] = []
 
     def report(r: SampleResult) -> None:
@@ -522,7 +545,7 @@ def extract_caches(
                 futures[work[j + 1]] = pool.submit(_load_sample, refs[work[j + 1]])
             with C.cache_lock(finals[i]):
                 plan = _plan(finals[i], ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px,
-                             overwrite=overwrite, sample_id=refs[i].sample_id)  # again, under the lock: another rank may have finished it
+                             overwrite=overwrite, sample_id=refs[i].sample_id, mode=mode)  # again, under the lock: another rank may have finished it
                 if plan.action == "skip":
                     report(SampleResult(refs[i].sample_id, finals[i], "skipped", plan.n_spots, 0,
                                         time.perf_counter() - t0, plan.scales))
@@ -532,7 +555,7 @@ def extract_caches(
                 status, n_comp = _extract_one(refs[i], sample, finals[i], plan, enc=enc, ident=ident, dtype=dt,
                                               k=k_neighbors, batch_size=batch_size, num_workers=workers,
                                               device=dev, um_override=um_per_px, progress=progress,
-                                              callback=callback, auto_bs=auto_bs)
+                                              callback=callback, auto_bs=auto_bs, mode=mode, tile_px=tile_px)
             report(SampleResult(sample.sample_id, finals[i], status, int(sample.n_spots), n_comp,
                                 time.perf_counter() - t0, plan.scales))
     return finals

@@ -76,6 +76,9 @@ class ExtractOptions:
                                       min="positive")
     pretrained: bool = _opt(True, "Pretrained weights; --no-pretrained gives random (seeded) ones, for "
                             "benchmarks only.")
+    mode: str = _opt("auto", "crop: one forward per spot and field of view; dense: one per tissue tile, features "
+                     "pooled from its token map; auto: dense for bins/cells (points < 50 um apart), crop for spots.",
+                     choices=("auto", "crop", "dense"))
     verbose: bool = _opt(False, "Debug logging, and tracebacks of internal errors.", cli_only=True)
 
 

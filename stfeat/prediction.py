@@ -238,6 +238,11 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
         prov.update(features="extracted", grid_step_um=float(grid_um), tissue=how)
     a.obs["sample"] = a.obs["sample"].astype("category")
     a.uns["stfeat"] = {k: str(v) if not isinstance(v, float) else v for k, v in prov.items()}
+    from stfeat.spatial_uns import spatial_uns
+
+    # scverse convention, so sc.pl.spatial(a, color=GENE) and squidpy plot it over the H&E as it is
+    a.uns["spatial"] = spatial_uns(s, coords_px=np.asarray(a.obsm["spatial"]),
+                                   spot_diameter_um=float(grid_um) if grid_um is not None else None)
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ def extract_cmd(
     dtype: Annotated[str, typer.Option("--dtype", help=_h("dtype") + f" One of {', '.join(DTYPES)}.")] = "float16",
     um_per_px: Annotated[Optional[float], typer.Option("--um-per-px", help=_h("um_per_px"))] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help=_h("pretrained"))] = True,
+    mode: Annotated[str, typer.Option("--mode", help=_h("mode") + " One of auto, crop, dense.")] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_h("verbose"))] = False,
 ) -> None:
     """Extract multi-scale encoder features of every spot into the HDF5 feature cache.

@@ -9,11 +9,14 @@ from stfeat.errors import InputError
 from stfeat.io import anndata_reader as A
 from stfeat.io import legacy_st as L
 from stfeat.io import spaceranger as S
+from stfeat.io import visium_hd as HD
+from stfeat.io import spatialdata_io as SD
+from stfeat.io import xenium as XE
 from stfeat.io.sample import Sample
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("legacy-st", "spaceranger", "hest", "anndata")
+FORMATS = ("legacy-st", "spaceranger", "visium-hd", "xenium", "spatialdata", "hest", "anndata")
 
 
 def detect_format(path: str | Path) -> str:
@@ -32,6 +35,12 @@ def detect_format(path: str | Path) -> str:
         raise _unknown(p)
     if L.is_her2st_root(p) or L.stutility_sections(p):
         return "legacy-st"
+    if HD.hd_layout(p) is not None:  # before spaceranger: a square_NNNum/ folder looks like Visium outs
+        return "visium-hd"
+    if XE.xenium_outs(p) is not None:
+        return "xenium"
+    if SD.is_spatialdata(p):
+        return "spatialdata"
     if S.outs_dir(p) is not None:
         return "spaceranger"
     if A.is_hest_root(p):
@@ -45,7 +54,8 @@ def _unknown(p: Path) -> InputError:
     return InputError(
         p,
         "unknown layout: not a legacy ST section (counts TSV + spot file), a Space Ranger outs/ folder "
-        "(filtered_feature_bc_matrix + spatial/), a HEST-1k folder (st/*.h5ad, wsis/, metadata/) or an .h5ad.",
+        "(filtered_feature_bc_matrix + spatial/; Visium HD: binned_outputs/), a Xenium outs/ folder "
+        "(experiment.xenium + cell_feature_matrix.h5), a HEST-1k folder (st/*.h5ad, wsis/, metadata/) or an .h5ad.",
         "point to one of those, or describe the samples in a manifest (CSV/YAML with sample_id, patient, path).",
     )
 
@@ -59,6 +69,8 @@ def read_sample(
     patient: str | None = None,
     fmt: str | None = None,
     allow_normalized: bool = False,
+    bin_size_um: float | None = None,
+    alignment: str | Path | None = None,
 ) -> Sample:
     """Read one spatial transcriptomics sample, whatever its format, into a :class:`Sample`.
 
@@ -77,7 +89,11 @@ def read_sample(
     patient
         Patient id, overriding what the files state.
     fmt
-        Skip detection: one of ``"legacy-st"``, ``"spaceranger"``, ``"hest"``, ``"anndata"``.
+        Skip detection: one of :data:`FORMATS`.
+    bin_size_um
+        Visium HD: the bin size to read (2, 8 or 16; default 8).
+    alignment
+        Xenium: the H&E -> morphology ``*_imagealignment.csv`` (default: the one in ``outs/``).
     allow_normalized
         For AnnData inputs whose X is not raw counts and which hold no raw layer: keep X with a warning
         instead of raising.
@@ -105,6 +121,14 @@ def read_sample(
     if kind == "spaceranger":
         return S.read_spaceranger(p.parent if p.is_file() else p, image=img, um_per_px=um_per_px,
                                   sample_id=sample_id, patient=patient)
+    if kind == "visium-hd":
+        return HD.read_visium_hd(p, image=img, um_per_px=um_per_px, sample_id=sample_id, patient=patient,
+                                 bin_size_um=bin_size_um)
+    if kind == "xenium":
+        return XE.read_xenium(p, image=img, um_per_px=um_per_px, sample_id=sample_id, patient=patient,
+                              alignment=Path(alignment) if alignment is not None else None)
+    if kind == "spatialdata":
+        return SD.read_spatialdata(p, um_per_px=um_per_px, sample_id=sample_id, patient=patient)
     if kind == "hest":
         return A.read_hest(p, image=img, um_per_px=um_per_px, sample_id=sample_id, patient=patient,
                            allow_normalized=allow_normalized)

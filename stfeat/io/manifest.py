@@ -18,7 +18,7 @@ from stfeat.io.sample import Sample
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".yaml", ".yml")
-_OPTION_KEYS = ("image", "um_per_px", "fmt", "allow_normalized")
+_OPTION_KEYS = ("image", "um_per_px", "fmt", "allow_normalized", "bin_size_um", "alignment")
 _ALIASES = {"sample": "sample_id", "id": "sample_id", "patient_id": "patient", "format": "fmt", "mpp": "um_per_px"}
 
 
@@ -77,14 +77,16 @@ def read_manifest(path: str | Path) -> list[SampleRef]:
                 v = (mpath.parent / str(v).strip()).expanduser()
                 if not v.is_file():
                     raise InputError(mpath, f"row {i}: the image {v} does not exist.", "fix the image path.")
-            elif k == "um_per_px":
+            elif k in ("um_per_px", "bin_size_um"):
                 try:
                     v = float(v)
                 except (TypeError, ValueError):
-                    raise InputError(mpath, f"row {i}: um_per_px {v!r} is not a number.", "give e.g. 0.5.") from None
+                    raise InputError(mpath, f"row {i}: {k} {v!r} is not a number.", "give e.g. 0.5 (bins: 8).") from None
                 if not (math.isfinite(v) and v > 0):
-                    raise InputError(mpath, f"row {i}: um_per_px {v!r} is not a positive finite number.",
-                                     "give micrometres per pixel, e.g. 0.5 (or leave it empty).")
+                    raise InputError(mpath, f"row {i}: {k} {v!r} is not a positive finite number.",
+                                     "give micrometres per pixel, e.g. 0.5 (or leave it empty); bins: 2, 8 or 16.")
+            elif k == "alignment":
+                v = (mpath.parent / str(v).strip()).expanduser()
             elif k == "allow_normalized":
                 v = str(v).strip().lower() in ("1", "true", "yes")
             opts[k] = v
@@ -284,6 +286,9 @@ def _single(p: Path, fmt: str, overrides: dict[str, Any]) -> SampleRef:
         if fmt == "spaceranger":
             outs = S.outs_dir(p if p.is_dir() else p.parent)
             sid = _default_id(outs) if outs is not None else _default_id(p)
+        elif fmt in ("visium-hd", "xenium"):
+            q = p.parent.parent.parent if p.parent.name == "binned_outputs" else p
+            sid = _default_id(q.parent if q.name == "outs" else q)
         elif fmt == "legacy-st":
             sid = str(L.locate(p, None)["section"])
         elif fmt == "anndata" and p.is_dir():

@@ -25,15 +25,16 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from stfeat._faults import ABANDONED
+
+        n_abandoned = len(ABANDONED)
         try:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except (StfeatError, FileNotFoundError) as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            from stfeat._faults import ABANDONED
-
-            if ABANDONED:  # HDF5 would crash closing a file whose writes failed: exit now, the file resumes
+            if len(ABANDONED) > n_abandoned:  # HDF5 would crash closing a file whose writes failed: exit now, the file resumes
                 import os
                 import sys
 

@@ -11,7 +11,7 @@ import pytest
 
 from stfeat.cache import cache_path, read_attrs, read_cache, write_cache
 from stfeat.errors import InputError
-from stfeat.extract import extract
+from stfeat.extraction import extract_caches as extract
 from stfeat.features import FeatureSet, SampleFeatures
 from test_extract_fakes import fake_sample, tiny_encoder
 from test_fit_support import toy_sample, write_toy_cache

@@ -15,7 +15,7 @@ from stfeat.errors import InputError
 def _extract_caches():
     """The path-returning extraction entry point (``extract_caches`` after the API refactor)."""
     try:
-        from stfeat.extract import extract as extract_caches
+        from stfeat.extraction import extract_caches
     except ImportError:
         from stfeat.extraction import extract_caches
     return extract_caches

@@ -19,7 +19,7 @@ REPO = TESTS.parent
 
 
 def _extract(samples, cache, **kw):
-    from stfeat.extract import extract
+    from stfeat.extraction import extract_caches as extract
 
     kw.setdefault("num_workers", 0)
     return extract(samples, encoder=tiny_encoder(), scales_um=(16, 32), cache_dir=cache, batch_size=8,
@@ -31,7 +31,7 @@ def test_a_file_size_limit_is_a_named_error_then_extract_runs(tmp_path):
         import resource, sys
         sys.path.insert(0, {str(TESTS)!r})
         from test_extract_fakes import fake_sample, tiny_encoder
-        from stfeat.extract import extract
+        from stfeat.extraction import extract_caches as extract
         from stfeat.errors import StfeatError
         enc = tiny_encoder()
         s = fake_sample(400)
@@ -48,7 +48,7 @@ def test_a_file_size_limit_is_a_named_error_then_extract_runs(tmp_path):
     assert r.returncode == 3, (r.returncode, r.stdout, r.stderr[-2000:])  # was: a segmentation fault
     assert "file-size limit (ulimit -f) is 0.02 MB" in r.stdout and "ulimit -f unlimited" in r.stdout
     from stfeat.cache import read_cache
-    from stfeat.extract import extract
+    from stfeat.extraction import extract_caches as extract
 
     res = []
     (p,) = extract([fake_sample(400)], encoder=tiny_encoder(), scales_um=(16, 32, 64), cache_dir=tmp_path,

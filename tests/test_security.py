@@ -52,7 +52,7 @@ def test_hard_linked_lock_file_is_refused(tmp_path):
 def test_no_lock_file_is_left_after_a_clean_run(tmp_path):
     from test_extract_fakes import fake_sample, tiny_encoder
 
-    from stfeat.extract import extract
+    from stfeat.extraction import extract_caches as extract
 
     (p,) = extract([fake_sample(10)], encoder=tiny_encoder(), scales_um=(16,), cache_dir=tmp_path, batch_size=8,
                    num_workers=0, device="cpu", k_neighbors=2)
@@ -67,7 +67,7 @@ def test_a_symlinked_partial_cache_is_not_written_through(tmp_path):
     from test_extract_fakes import fake_sample, tiny_encoder
 
     from stfeat.cache import cache_path, partial_path
-    from stfeat.extract import extract
+    from stfeat.extraction import extract_caches as extract
 
     victim = tmp_path / "precious.h5"
     victim.write_bytes(b"x" * 100)
@@ -179,7 +179,8 @@ def test_cache_du_and_clean(tmp_path, slides):
 # ------------------------------------------------------------------------------------------- outputs
 def test_outputs_replace_a_symlink_instead_of_writing_through_it(tmp_path):
     from stfeat._safe_write import write_text
-    from stfeat.fit import _write_text
+
+    _write_text = write_text
 
     victim = tmp_path / "victim.txt"
     victim.write_text("mine")

@@ -28,21 +28,12 @@ from typing import Any
 import numpy as np
 
 from stfeat.errors import InputError
+from stfeat.model import _json_default
 
 log = logging.getLogger(__name__)
 
 _OURS = {"metrics.json", "metrics.csv", "per_gene.csv", "comparison.csv", "predictions", "models", "plots",
          "resolved_config.yaml"}
-
-
-def _json_default(o: Any):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, (np.ndarray,)):
-        return o.tolist()
-    return str(o)
 
 
 def comparison_table(cvs: dict, sample_ids: list[str]):
@@ -147,7 +138,6 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
     }
     tmp = _prepare(out_dir)
     try:
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
         (tmp / "metrics.csv").write_text(metrics_df.to_csv(index=False))
         (tmp / "per_gene.csv").write_text(per_gene.to_csv(index=False))
         (tmp / "comparison.csv").write_text(comp_df.to_csv(index=False))
@@ -161,7 +151,6 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
                 note = f"model {tag} saved without its head (not usable for predict): {exc}"
                 log.warning("%s", note)
                 metrics["notes"].append(note)
-                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
             if save_fold_models:
                 cv = cvs[tag]
                 for fold in (plan.folds if (tmp / "models" / tag / "head.skops").exists()
@@ -172,6 +161,8 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
                           encoder_attrs=model.encoder_attrs, gene_rule=sel.rule, gene_rule_description=sel.description,
                           cache_dir=model.cache_dir, train_samples=list(fold.train), split=plan.mode, seed=seed,
                           notes=list(plan.notes)).save(tmp / "models" / tag / "folds" / fold.name)
+        # after the models: a model saved without its head adds a note
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
         write_predictions(tmp / "predictions", cvs, fsets)
         if plots:
             write_plots(tmp / "plots", cvs)

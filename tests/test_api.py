@@ -205,10 +205,14 @@ def test_her2st_table_unchanged_by_the_api_refactor(her2st, tmp_path):
                device="cpu")
     res = fit_report(manifest, encoder="classical", cache_dir=tmp_path / "cache", head=ref["heads"],
                      scales_um=[112], out_dir=tmp_path / "out", plots=False)
+    # ridge is exact linear algebra: identical to 1e-6. hest-ridge follows HEST's Ridge(solver="lsqr",
+    # tol=1e-4), whose early stop moves with the BLAS build and thread count (measured: scikit-learn's and
+    # scipy's LSQR on the same scores differ by up to 5e-4 per gene); its per-section r is held to 2e-3.
+    tol = {"ridge": 1e-6, "hest-ridge": 2e-3}
     for row, want in zip(res.comparison.to_dict("records"), ref["comparison"]):
         assert row["head"] == want["head"]
         for col in ("C2", "C3", "C4", "mean"):
-            assert row[col] == pytest.approx(want[col], abs=1e-6), (row["head"], col)
+            assert row[col] == pytest.approx(want[col], abs=tol[row["head"]]), (row["head"], col)
 
 
 def test_predict_extracts_into_the_cache_once(demo_workspace, tmp_path):  # noqa: F811

@@ -37,6 +37,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "fit": ("stfeat.fitting", "fit"),
     "predict": ("stfeat.prediction", "predict"),
     "Model": ("stfeat.model", "Model"),
+    "compare": ("stfeat.variants", "compare"),
     "create_encoder": ("stfeat.encoders", "create_encoder"),
     "list_encoders": ("stfeat.encoders", "list_encoders"),
     "run": ("stfeat.config", "run"),

@@ -314,6 +314,8 @@ def call(command: str, opts: Any, **extra: Any) -> Any:
         from stfeat.fitting import fit_report as fn
     elif command == "predict":
         from stfeat.prediction import predict as fn
+    elif command == "compare":
+        from stfeat.variants import compare as fn
     else:
         raise KeyError(command)
     return fn(*O.positional_args(opts), **O.library_kwargs(opts), **extra)

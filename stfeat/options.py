@@ -140,6 +140,33 @@ class PredictOptions:
 
 
 @dataclass(kw_only=True)
+class CompareOptions:
+    """``stfeat compare`` / :func:`stfeat.variants.compare`: feature variant x head, across and within patients."""
+
+    samples: Path = _opt(help="A manifest (or folder) of samples of at least two patients.",
+                         positional=True, path=True, exists=True)
+    encoder: str = _opt(help="The base encoder (see `stfeat encoders`) or a weights file.", path="maybe")
+    weights: Optional[Path] = _opt(None, "Local weights file (safetensors or torch).", path=True, exists=True)
+    variant: list[str] = _opt(["plain"], "Feature variants: plain, macenko, reinhard, d8, bgfill, slide-std, or "
+                              "+-joined ones (e.g. macenko+d8); see stfeat.variants.")
+    head: list[str] = _opt(["ridge"], "Head(s): hest-ridge, ridge, lgbm, attention, ensemble, ...")
+    head_params: Optional[dict] = _opt(None, "Per head, its parameters (as for fit).")
+    cache_dir: Optional[Path] = _opt(None, f"Cache root; default ${K.ENV_CACHE_DIR} or ./stfeat_cache.", path=True)
+    scales_um: Optional[list[float]] = _opt(None, "Fields of view (um); default 112, 224, 448 for extraction and "
+                                            "all cached for the heads.", min="positive")
+    genes: str = _opt("hvg:50", "Target genes, chosen on each fold's training samples (as for fit).")
+    transform: str = _opt("log1p_cp10k", "Target transform.", choices=TRANSFORMS)
+    within: bool = _opt(True, "Also leave one section out within each patient with several sections.")
+    extract: bool = _opt(True, "Extract the variants' missing caches (--no-extract: they must exist).")
+    device: Optional[str] = _opt(None, "cpu, cuda or cuda:N for extraction.")
+    num_workers: Optional[int] = _opt(None, "DataLoader decoding processes.", min=0)
+    batch_size: Optional[int] = _opt(None, "Spots per extraction batch.", min=1)
+    seed: int = _opt(0, "random_state of the heads.")
+    out_dir: Optional[Path] = _opt(None, "Write compare.csv/.md/.json here.", path=True)
+    verbose: bool = _opt(False, "Debug logging, and tracebacks of internal errors.", cli_only=True)
+
+
+@dataclass(kw_only=True)
 class RunOptions:
     """``stfeat run`` / :func:`stfeat.config.run` (not a config section: it runs one)."""
 
@@ -152,7 +179,8 @@ class RunOptions:
 
 
 # The config sections: one per command that a config can set.
-OPTIONS: dict[str, type] = {"extract": ExtractOptions, "fit": FitOptions, "predict": PredictOptions}
+OPTIONS: dict[str, type] = {"extract": ExtractOptions, "fit": FitOptions, "predict": PredictOptions,
+                            "compare": CompareOptions}
 
 # Names used before issue 9, for the error message only (they are not accepted).
 RENAMED = {
@@ -375,7 +403,7 @@ def _check_one_encoder(name: str, text: str) -> None:
 
 
 _CHECKS = {("*", "shard"): _check_shard, ("*", "split"): _check_split, ("*", "genes"): _check_genes,
-           ("FitOptions", "head"): _check_heads, ("ExtractOptions", "encoder"): _check_one_encoder}
+           ("FitOptions", "head"): _check_heads, ("CompareOptions", "head"): _check_heads, ("ExtractOptions", "encoder"): _check_one_encoder}
 
 
 def check_head_params(params: dict | None, heads: list[str]) -> None:
@@ -408,7 +436,7 @@ def build(cls: type, values: dict[str, Any]) -> Any:
     if missing:
         raise OptionError(missing[0], f"{', '.join(missing)} must be given.", f"set {missing[0]}.")
     obj = cls(**{k: coerce(cls, k, v) for k, v in values.items()})
-    if cls is FitOptions:
+    if cls in (FitOptions, CompareOptions):
         check_head_params(obj.head_params, obj.head)
     return obj
 
@@ -422,7 +450,7 @@ def library_kwargs(opts: Any) -> dict[str, Any]:
     """Keyword arguments of the library function: every field but the positional and CLI-only ones."""
     out = {n: getattr(opts, n) for n, f in fields_of(type(opts)).items()
            if not f.metadata.get("positional") and not f.metadata.get("cli_only")}
-    if isinstance(opts, FitOptions) and out["cache_dir"] is None:
+    if isinstance(opts, (FitOptions, CompareOptions)) and out["cache_dir"] is None:
         out["cache_dir"] = default_cache_dir()  # fit has no default of its own
     return out
 
@@ -443,6 +471,6 @@ def as_dict(opts: Any) -> dict[str, Any]:
     return {n: as_plain(getattr(opts, n)) for n in fields_of(type(opts))}
 
 
-__all__ = ["DTYPES", "ExtractOptions", "FitOptions", "OPTIONS", "OptionError", "PredictOptions", "RENAMED", "RunOptions",
+__all__ = ["CompareOptions", "DTYPES", "ExtractOptions", "FitOptions", "OPTIONS", "OptionError", "PredictOptions", "RENAMED", "RunOptions",
            "TRANSFORMS", "as_dict", "build", "coerce", "default_cache_dir", "default_of", "fields_of", "flag",
            "help_of", "library_kwargs", "positional_args", "required"]

@@ -47,7 +47,7 @@ def _root(
 
 
 # Each module defines its commands with @app.command(); importing it registers them.
-_COMMAND_MODULES = ["info", "encoders", "extract", "fit", "predict", "demo", "run", "cache"]
+_COMMAND_MODULES = ["info", "encoders", "extract", "fit", "predict", "compare", "demo", "run", "cache"]
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"stfeat.cli.{_name}")
 

@@ -245,6 +245,9 @@ def _normaliser(method: str, reference: str, digest: str) -> Any:
     from torchstain.numpy.normalizers import NumpyMacenkoNormalizer, NumpyReinhardNormalizer
 
     norm = NumpyMacenkoNormalizer() if method == "macenko" else NumpyReinhardNormalizer()
+    if digest and not reference:
+        raise InputError(None, f"the views name a {method} reference image (sha256 prefix {digest}) but not its file.",
+                         "pass that image as stain_reference (--stain-reference).")
     if reference:
         ref = _read_rgb(reference)
         try:
@@ -312,6 +315,24 @@ def variant_identity(ident: Any, spec: ViewSpec) -> Any:
                    identity={**ident.identity, "views": spec.identity()})
 
 
+def extraction_identity(encoder: Any, *, weights: Any = None, pretrained: bool = True,
+                        **view_opts: Any) -> tuple[Any, ViewSpec, Any]:
+    """``(base encoder, ViewSpec, identity)`` of an extraction: the encoder identity with the views in it."""
+    from stfeat.extraction import encoder_identity
+
+    base, spec = resolve(encoder, **view_opts)
+    return base, spec, variant_identity(encoder_identity(base, weights=weights, pretrained=pretrained), spec)
+
+
+def add_seconds(f: Any, since: list[float]) -> None:
+    """Add the wall seconds since ``since[0]`` to the file's ``extract_seconds`` attr (summed over resumes)."""
+    import time
+
+    now = time.perf_counter()
+    f.attrs["extract_seconds"] = float(f.attrs.get("extract_seconds", 0.0)) + (now - since[0])
+    since[0] = now
+
+
 def check_resolution(sample_id: str, scales_um: Sequence[float], um_per_px: float, input_px: int) -> None:
     """Warn when a field of view spans fewer image pixels than the encoder input (called once per sample)."""
     for s in scales_um:
@@ -322,4 +343,4 @@ def check_resolution(sample_id: str, scales_um: Sequence[float], um_per_px: floa
 
 
 __all__ = ["ViewSpec", "STAIN_NORMS", "TTAS", "BACKGROUNDS", "background_mask", "d8", "hed_jitter", "reference_tile",
-           "normalise", "resolve", "variant_identity", "check_resolution"]
+           "normalise", "resolve", "variant_identity", "extraction_identity", "check_resolution", "add_seconds"]

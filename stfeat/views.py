@@ -263,8 +263,11 @@ def _normaliser(method: str, reference: str, digest: str) -> Any:
 
 def normalise(norm: Any, crop: np.ndarray) -> np.ndarray:
     """One crop through a fitted normaliser; the crop unchanged when normalisation fails on it."""
+    import warnings
+
     try:
-        with np.errstate(all="raise"):
+        with np.errstate(all="raise"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # torchstain's empty-slice means: the crop is returned as is
             out = norm.normalize(crop, stains=False)[0] if hasattr(norm, "HERef") else norm.normalize(crop)
     except (ValueError, ArithmeticError, np.linalg.LinAlgError, IndexError):
         return crop

@@ -284,15 +284,14 @@ def resolve(encoder: Any, *, stain_norm: str = "none", stain_reference: str | Pa
 
     A variant name (``"densenet121+macenko"``) sets its views; explicit options must then agree with it.
     """
-    spec = ViewSpec.build(stain_norm=stain_norm, stain_reference=stain_reference, tta=tta,
-                          tta_hed_jitter=tta_hed_jitter, background=background)
-    if not isinstance(encoder, str):
-        return encoder, spec
-    base, named = ViewSpec.from_variant(encoder)
+    base, named = ViewSpec.from_variant(encoder) if isinstance(encoder, str) else (encoder, ViewSpec())
+    given = not (stain_norm == "none" and tta == "none" and not tta_hed_jitter and background == "keep")
+    spec = ViewSpec.build(stain_norm=stain_norm if given or named.plain else named.stain_norm,
+                          stain_reference=stain_reference, tta=tta, tta_hed_jitter=tta_hed_jitter, background=background)
     if named.plain:
         return encoder, spec
     key = lambda v: (v.stain_norm, v.tta, v.tta_hed_jitter, v.background)  # noqa: E731
-    if not spec.plain and key(spec) != key(named):
+    if given and key(spec) != key(named):
         raise InputError(None, f"the encoder name {encoder!r} names the views {named.suffix!r} but the options ask "
                          f"for {spec.suffix!r}.", "give the base encoder name with the options, or the variant name alone.")
     if spec.reference_digest != named.reference_digest:

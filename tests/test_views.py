@@ -226,3 +226,38 @@ def test_resolution_warning(tmp_path, caplog):
                        num_workers=0, device="cpu")
     msgs = [r.getMessage() for r in caplog.records if "upsampled" in r.getMessage()]
     assert msgs == ["S1: 8 um spans 16 px at 0.5 um/px, upsampled 2.0x to the encoder's 32 px"]
+
+
+# ------------------------------------------------------------------------------------------- predict
+class ThumbSlide(FakeSlide):
+    def thumbnail(self, max_px):
+        return self.image, 1.0
+
+
+def _counted(sample_id: str, patient: str, seed: int):
+    import scipy.sparse as sp
+
+    s = fake_sample(9, seed=seed, sample_id=sample_id, patient=patient)
+    s.slide = ThumbSlide(s.slide.image)
+    s.adata.X = sp.csr_matrix(np.random.default_rng(seed).poisson(5, s.adata.shape).astype(np.float32))
+    return s
+
+
+def test_a_model_fitted_on_a_variant_extracts_new_samples_with_its_views(tmp_path):
+    from sklearn.linear_model import Ridge
+
+    from stfeat.fitting import fit_report
+    from stfeat.prediction import predict
+
+    enc = tiny_encoder()
+    train = [_counted("A", "PA", 1), _counted("B", "PB", 2)]
+    extract_caches(train, encoder=enc, cache_dir=tmp_path / "cache", scales_um=(16,), batch_size=4, num_workers=0,
+                   device="cpu", tta="d8", background="fill")
+    fit_report(train, encoder="tiny-test+d8+bgfill", cache_dir=tmp_path / "cache", head=[Ridge()], genes="common",
+               out_dir=tmp_path / "out", plots=False)
+    new = _counted("N", "PN", 3)
+    a = predict(tmp_path / "out", new, encoder=enc, device="cpu", plot=False)
+    made = tmp_path / "cache" / "tiny-test+d8+bgfill" / "N.h5"
+    assert a.uns["stfeat"]["features"] == f"extracted into {made}"
+    assert C.read_attrs(made)["views"]["tta"] == "d8" and not (tmp_path / "cache" / "tiny-test" / "N.h5").exists()
+    assert a.shape == (9, 3) and np.isfinite(a.X).all()

@@ -314,6 +314,12 @@ def describe_cache(path: str | Path) -> str:
                  f"weights {attrs.get('weights_id')}, config {attrs.get('config_hash')}")
     lines.append(f"  image:      {attrs.get('um_per_px')} um/px ({attrs.get('um_per_px_source')}), "
                  f"crops resized to {attrs.get('patch_px')} px")
+    if isinstance(attrs.get("views"), dict) and not attrs["views"].get("plain"):
+        v = attrs["views"]
+        lines.append(f"  views:      stain {v.get('stain_norm')}, tta {v.get('tta')} ({attrs.get('n_views', 1)} per crop), "
+                     f"HED jitter {v.get('tta_hed_jitter')}, background {v.get('background')}")
+    if "extract_seconds" in attrs:
+        lines.append(f"  extraction: {float(attrs['extract_seconds']):.1f} s wall (summed over resumes)")
     with h5py.File(path, "r") as f:
         for s in sorted(f["features"].keys(), key=float):
             ds = f["features"][s]

@@ -496,12 +496,8 @@ def extract_caches(
     tile_px
         Dense mode: tile side in encoder pixels (default 6 windows for CNNs, 4 for ViTs).
     stain_norm, stain_reference, tta, tta_hed_jitter, background
-        What the encoder sees (:mod:`stfeat.views`): "none"/"macenko"/"reinhard" stain normalisation to a
-        reference RGB image (default a fixed reference), "none"/"d8" test-time augmentation (a spot's
-        feature is the mean over the views), seeded HED jitter sigma, "keep"/"fill" black and white
-        background. Non-plain views go to ``{cache_dir}/{encoder_tag}{suffix}/`` (e.g.
-        ``densenet121+macenko+d8``); a variant name given as ``encoder`` sets them too. Dense mode takes
-        plain views only.
+        What the encoder sees (:mod:`stfeat.views`); non-plain views go to ``{cache_dir}/{encoder_tag}+{views}/``
+        (e.g. ``densenet121+macenko+d8``), and such a variant name given as ``encoder`` sets them too.
 
     Returns
     -------
@@ -540,12 +536,7 @@ def extract_caches(
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not views.plain and mode != "crop":
-        if mode == "dense":
-            raise InputError(None, f"dense extraction takes plain views, not {views.suffix!r} (stain_norm, tta, "
-                             "tta_hed_jitter and background act on per-spot crops).",
-                             "use --mode crop (or auto) with these views, or drop them for dense mode.")
-        mode = "crop"
+    mode = views.check_mode(mode)
     plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite,
                    sample_id=r.sample_id, mode=mode) for p, r in zip(finals, refs)]
     results: list[SampleResult] = []
@@ -618,12 +609,10 @@ def extract(samples: Any, *, encoder: "str | Encoder", cache_dir: str | Path | N
     root = Path(cache_dir if cache_dir is not None else os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
     loaded = as_samples(samples, um_per_px=kwargs.get("um_per_px"))
     paths = extract_caches(loaded, encoder=encoder, cache_dir=root, scales_um=scales_um, **kwargs)
-    from stfeat.views import extraction_identity
+    from stfeat.views import VIEW_OPTIONS, extraction_identity
 
-    view_opts = {k: kwargs[k] for k in ("stain_norm", "stain_reference", "tta", "tta_hed_jitter", "background")
-                 if k in kwargs}
     _, _, ident = extraction_identity(encoder, weights=kwargs.get("weights"), pretrained=kwargs.get("pretrained", True),
-                                      **view_opts)
+                                      **{k: v for k, v in kwargs.items() if k in VIEW_OPTIONS})
     mine = {p.name for p in paths}
     kept = [s for s in loaded if C.cache_path(root, ident.tag, s.sample_id).name in mine]
     return FeatureSet.load(kept, encoder=ident.name, cache_dir=root, scales_um=sorted({float(s) for s in scales_um}))

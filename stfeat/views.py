@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 STAIN_NORMS = ("none", "macenko", "reinhard")
 TTAS = ("none", "d8")
 BACKGROUNDS = ("keep", "fill")
+VIEW_OPTIONS = ("stain_norm", "stain_reference", "tta", "tta_hed_jitter", "background")
 WHITE_MIN = 220
 BLACK_MAX = 40
 FILL = 255  # stfeat.slide.WHITE: the padding of crops past the image edge
@@ -166,6 +167,16 @@ class ViewSpec:
                 break
             s = head
         return s, ViewSpec(**kw)
+
+    def check_mode(self, mode: str) -> str:
+        """The extraction mode these views allow: dense refuses non-plain views, auto becomes crop."""
+        if self.plain or mode == "crop":
+            return mode
+        if mode == "dense":
+            raise InputError(None, f"dense extraction takes plain views, not {self.suffix!r} (stain_norm, tta, "
+                             "tta_hed_jitter and background act on per-spot crops).",
+                             "use --mode crop (or auto) with these views, or drop them for dense mode.")
+        return "crop"
 
     # ---------------------------------------------------------------------- applying it (workers)
     def apply(self, crops: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:

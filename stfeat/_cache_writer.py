@@ -27,20 +27,22 @@ class _Writer:
                 return
             if self.error is not None:
                 continue
-            a, b, feats, padded = item
+            a, b, feats, padded, tissue = item
             try:
                 for j, s in enumerate(self.names):
                     self.f["features"][s][a:b] = feats[:, j].astype(self.dtype)
                     self.f["padded"][s][a:b] = padded[:, j]
+                    if tissue is not None:
+                        self.f["tissue"][s][a:b] = np.asarray(tissue[:, j], np.float16)
                 for s in self.names:
                     self.f["done"][s][a:b] = True
                 self.f.flush()
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 self.error = exc
 
-    def put(self, a: int, b: int, feats: np.ndarray, padded: np.ndarray) -> None:
+    def put(self, a: int, b: int, feats: np.ndarray, padded: np.ndarray, tissue: np.ndarray | None = None) -> None:
         self.check()
-        self.q.put((a, b, feats, padded))
+        self.q.put((a, b, feats, padded, tissue))
 
     def check(self) -> None:
         if self.error is not None:

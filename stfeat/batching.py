@@ -54,12 +54,17 @@ def _build_encoder(encoder: "str | Encoder", *, weights, pretrained: bool, devic
 class CropDataset:
     """A torch-style dataset whose item ``i`` is block ``i`` of spots, all scales decoded together.
 
-    Items are ``(start, crops uint8 (b, S, px, px, 3), padded bool (b, S))``: one item per batch keeps
-    worker-to-main IPC to one shared-memory tensor per batch.
+    Items are ``(start, crops uint8 (b, S*V, px, px, 3), padded bool (b, S), tissue float32 (b, S))``: one
+    item per batch keeps worker-to-main IPC to one shared-memory tensor per batch. ``views``
+    (:class:`stfeat.views.ViewSpec`, default plain: V = 1) turns each crop into its V views in the worker;
+    ``tissue`` is each crop's tissue fraction (:func:`stfeat.views.background_mask`).
     """
 
     def __init__(self, slide: Any, centres_px: np.ndarray, blocks: Sequence[tuple[int, int]],
-                 scales_um: Sequence[float], out_px: int, um_per_px: float) -> None:
+                 scales_um: Sequence[float], out_px: int, um_per_px: float, views: Any = None) -> None:
+        from stfeat.views import ViewSpec
+
+        self.views = views if views is not None else ViewSpec()
         self.slide = slide
         self.centres = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
         self.blocks = list(blocks)
@@ -83,9 +88,10 @@ class CropDataset:
             for j, s in enumerate(self.scales_um):
                 crops[:, j], padded[:, j] = self.slide.read_regions(self.centres[a:b], s, self.out_px,
                                                                     um_per_px=self.um_per_px)
+            crops, tissue = self.views.apply(crops, a)
         except StfeatError as exc:  # handed to the main process as it is (see stfeat._faults)
             return WorkerFailure(exc)
-        return a, torch.from_numpy(crops), torch.from_numpy(padded)
+        return a, torch.from_numpy(crops), torch.from_numpy(padded), torch.from_numpy(tissue)
 
 
 def _blocks(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -141,9 +147,12 @@ def auto_batch_size(encoder: "Encoder", device: str, n_scales: int, *, start_cro
 
 def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", scales_um: Sequence[float],
                   um_per_px: float, batch_size: int, blocks: Sequence[tuple[int, int]] | None = None,
-                  num_workers: int = 0, device: str | None = None, prefetch_factor: int = 4,
-                  ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """Yield ``(start, stop, features float32 (b, S, d), padded bool (b, S))`` block by block.
+                  num_workers: int = 0, device: str | None = None, prefetch_factor: int = 4, views: Any = None,
+                  ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(start, stop, features float32 (b, S, d), padded bool (b, S), tissue float32 (b, S))`` per block.
+
+    With ``views`` (:class:`stfeat.views.ViewSpec`) each crop becomes V views, all ``b x S x V`` crops of a
+    block go through one forward pass and a spot's feature is the mean over its views.
 
     The encoder must already be on ``device``. Decoding runs in ``num_workers`` DataLoader
     processes, each decoding chunks of about ``batch_size / num_workers`` spots (so the first batch
@@ -165,7 +174,7 @@ def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sca
     chunk = max(1, -(-max(b - a for a, b in blocks) // max(1, workers)))
     chunks = [(c, min(b, c + chunk)) for a, b in blocks for c in range(a, b, chunk)]
     px = int(encoder.spec.input_px)
-    ds = CropDataset(slide, centres_px, chunks, scales_um, px, um_per_px)
+    ds = CropDataset(slide, centres_px, chunks, scales_um, px, um_per_px, views)
     cuda = device.startswith("cuda")
     from stfeat._faults import guarded, worker_timeout
 
@@ -173,31 +182,37 @@ def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sca
                         prefetch_factor=prefetch_factor if workers else None, persistent_workers=False,
                         timeout=worker_timeout() if workers else 0)
     S = len(scales_um)
+    V = int(ds.views.n_views)
 
     def finish(p):  # wait for a batch's device-to-host copy and hand it out
-        p_start, p_host, p_ev, p_pad = p
+        p_start, p_host, p_ev, p_pad, p_tis = p
         p_ev.synchronize()
-        return p_start, p_start + p_pad.shape[0], p_host.view(p_pad.shape[0], S, -1).numpy(), p_pad.numpy()
+        return p_start, p_start + p_pad.shape[0], p_host.view(p_pad.shape[0], S, -1).numpy(), p_pad.numpy(), p_tis
 
     todo = iter(blocks)
     a, b = next(todo)
     parts: list = []
     pads: list = []
+    tiss: list = []
     buf = None
     pending = None
-    for start, crops, padded in guarded(loader, workers):
+    for start, crops, padded, tissue in guarded(loader, workers):
         start = int(start)
         if cuda:
             if buf is None:
-                buf = torch.empty((b - a, S, px, px, 3), dtype=torch.uint8, device=device)
+                buf = torch.empty((b - a, S * V, px, px, 3), dtype=torch.uint8, device=device)
             buf[start - a:start - a + crops.shape[0]].copy_(crops, non_blocking=True)
         parts.append(crops)
         pads.append(padded)
+        tiss.append(tissue)
         if start + crops.shape[0] < b:
             continue
         x = buf if cuda else (parts[0] if len(parts) == 1 else torch.cat(parts))
         padded_b = pads[0] if len(pads) == 1 else torch.cat(pads)
-        out = encoder(x.view((b - a) * S, px, px, 3))
+        tissue_b = torch.cat(tiss).numpy()
+        out = encoder(x.view((b - a) * S * V, px, px, 3))
+        if V > 1:  # a spot's embedding: the mean over its views
+            out = out.view(b - a, S, V, -1).float().mean(2)
         if cuda:
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host.copy_(out, non_blocking=True)
@@ -205,10 +220,10 @@ def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sca
             ev.record()
             if pending is not None:
                 yield finish(pending)
-            pending = (a, host, ev, padded_b)
+            pending = (a, host, ev, padded_b, tissue_b)
         else:
-            yield a, b, out.view(b - a, S, -1).numpy(), padded_b.numpy()
-        parts, pads, buf = [], [], None
+            yield a, b, out.reshape(b - a, S, -1).numpy(), padded_b.numpy(), tissue_b
+        parts, pads, tiss, buf = [], [], [], None
         a, b = next(todo, (b, b))
     if pending is not None:
         yield finish(pending)
@@ -218,7 +233,7 @@ def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encode
                    = DEFAULT_SCALES_UM, um_per_px: float | None = None, batch_size: int | None = None,
                    num_workers: int = 0, device: str | None = None, weights: str | Path | None = None,
                    return_padded: bool = False, progress: bool = False, mode: str = "crop",
-                   tile_px: int | None = None,
+                   tile_px: int | None = None, views: Any = None,
                    ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Features at arbitrary points (e.g. a dense grid), same crops and encoder path as :func:`extract`.
 
@@ -236,6 +251,9 @@ def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encode
         Also return scale name -> (n,) bool "crop ran past the image edge".
     mode
         "crop", "dense" (one forward per tile, see :mod:`stfeat.dense`) or "auto" (by point density).
+    views
+        A :class:`stfeat.views.ViewSpec` (stain normalisation, TTA, background); a variant encoder name
+        (``"densenet121+macenko+d8"``) sets it too. Dense mode takes plain views only.
 
     Returns
     -------
@@ -243,7 +261,11 @@ def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encode
         Scale name (``"112"``) -> (n, d) float32 features.
     """
     from stfeat.encoders.base import Encoder
+    from stfeat.views import ViewSpec
 
+    if isinstance(encoder, str) and views is None:
+        encoder, views = ViewSpec.from_variant(encoder)
+    views = views if views is not None else ViewSpec()
     dev = _resolve_device(device)
     enc = encoder if isinstance(encoder, Encoder) else _build_encoder(encoder, weights=weights, pretrained=True,
                                                                        device=dev)
@@ -255,20 +277,22 @@ def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encode
                          "pass um_per_px=... (CLI: --um-per-px).")
     centres = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
     n, S = len(centres), len(scales_um)
-    if mode != "crop":
+    if mode == "dense" and not views.plain:
+        raise InputError(None, f"dense extraction takes plain views, not {views.suffix!r}.", "use mode='crop'.")
+    if mode != "crop" and views.plain:
         from stfeat.dense import dense_features, resolve_mode
 
         if resolve_mode(mode, centres * float(um), enc)[0] == "dense":
             feats_d, pads_d = dense_features(slide, centres, encoder=enc, scales_um=scales_um, um_per_px=float(um),
                                              tile_px=tile_px)
             return (feats_d, pads_d) if return_padded else feats_d
-    bs = batch_size or auto_batch_size(enc, dev, S)
+    bs = batch_size or auto_batch_size(enc, dev, S * views.n_views)
     names = [C.scale_name(s) for s in scales_um]
     feats = {s: np.zeros((n, enc.embed_dim), np.float32) for s in names}
     pads = {s: np.zeros(n, bool) for s in names}
     bar = _bar(n, "points", progress)
-    for a, b, f, p in iter_features(slide, centres, encoder=enc, scales_um=scales_um, um_per_px=float(um),
-                                    batch_size=bs, num_workers=num_workers, device=dev):
+    for a, b, f, p, _ in iter_features(slide, centres, encoder=enc, scales_um=scales_um, um_per_px=float(um),
+                                       batch_size=bs, num_workers=num_workers, device=dev, views=views):
         for j, s in enumerate(names):
             feats[s][a:b] = f[:, j]
             pads[s][a:b] = p[:, j]

@@ -8,13 +8,16 @@ Layout (schema version :data:`stfeat._constants.CACHE_SCHEMA_VERSION`)::
       /features/{scale}            (n, d) float16 (or float32), one dataset per field of view;
                                    ``scale`` is ``f"{um:g}"`` (e.g. "112"), attrs ``scale_um``
       /padded/{scale}              (n,) bool, the crop ran past the image edge (white padding)
+      /tissue/{scale}              (n,) float16, tissue fraction of the crop (stfeat.views; NaN: not
+                                   measured, e.g. dense mode; absent in files written before it existed)
       /done/{scale}                (n,) bool, rows already written (the resume mask)
       /neighbors/spatial           (n, k) int64, k nearest spots (self excluded, -1 = none)
       /neighbors/spatial_dist_um   (n, k) float32, their distances in micrometres
       attrs: schema_version, complete, created, completed, encoder, encoder_tag, encoder_identity
              (JSON), weights_id, config_hash, um_per_px, um_per_px_source, scales_um, patch_px,
              embed_dim, dtype, batch_size, k_neighbors, sample_id, patient, n_spots, image_path,
-             stfeat_version, torch_version, timm_version, h5py_version
+             stfeat_version, torch_version, timm_version, h5py_version; views (JSON, stfeat.views),
+             n_views, extract_seconds (extraction wall seconds, summed over resumes)
 
 ``encoder_tag`` is the encoder name made safe for a folder name (see :func:`encoder_tag`): different
 weights under one name are kept apart by the ``config_hash`` attribute, and a mismatch is an error
@@ -54,7 +57,7 @@ log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
-_ATTR_JSON = {"encoder_identity"}
+_ATTR_JSON = {"encoder_identity", "views"}
 
 
 # ---------------------------------------------------------------- names and paths
@@ -70,6 +73,11 @@ def encoder_tag(name: str) -> str:
     ``"hf-hub:MahmoodLab/UNI"`` -> ``"hf-hub-mahmoodlab-uni"``, a weights path -> its file stem.
     """
     s = str(name)
+    from stfeat.views import ViewSpec
+
+    base, views = ViewSpec.from_variant(s)  # "densenet121+macenko+d8": the base's tag + the views' suffix
+    if not views.plain:
+        return encoder_tag(base) + views.suffix
     if not s.startswith(("hf-hub:", "timm:")) and "/" not in s and os.sep not in s:
         try:  # an alias ("UNI", "uni_v1") and its canonical name share one folder
             from stfeat.encoders.base import get_spec
@@ -171,6 +179,9 @@ class CacheData:
         Scale name (``"112"``) -> (n, d) float32 embeddings.
     padded
         Scale name -> (n,) bool, True where the crop ran past the image edge.
+    tissue_fraction
+        Scale name -> (n,) float32 tissue fraction of each spot's crop (NaN where not measured); scales of a
+        file written before it was recorded are absent.
     neighbors, neighbor_dist_um
         (n, k) spatial neighbour indices (self excluded, -1 = none) and distances in um, or None.
     attrs
@@ -181,6 +192,7 @@ class CacheData:
     coords: np.ndarray
     features: dict[str, np.ndarray]
     padded: dict[str, np.ndarray] = field(default_factory=dict)
+    tissue_fraction: dict[str, np.ndarray] = field(default_factory=dict)
     neighbors: np.ndarray | None = None
     neighbor_dist_um: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -272,6 +284,7 @@ def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None,
                              "delete it and re-extract the sample.")
         feats = {s: v.astype(np.float32, copy=False) for s, v in feats.items()}
         padded = {s: f["padded"][s][...].astype(bool) for s in names if s in f.get("padded", {})}
+        tissue = {s: f["tissue"][s][...].astype(np.float32) for s in names if s in f.get("tissue", {})}
         nb = f.get("neighbors")
         nbi = nb["spatial"][...] if nb is not None and "spatial" in nb else None
         nbd = nb["spatial_dist_um"][...] if nb is not None and "spatial_dist_um" in nb else None
@@ -280,7 +293,7 @@ def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None,
                              "delete it and re-extract the sample.")
         return CacheData(
             barcodes=barcodes, coords=coords.astype(np.float64),
-            features=feats, padded=padded, neighbors=nbi, neighbor_dist_um=nbd, attrs=attrs,
+            features=feats, padded=padded, tissue_fraction=tissue, neighbors=nbi, neighbor_dist_um=nbd, attrs=attrs,
         )
 
 
@@ -301,6 +314,12 @@ def describe_cache(path: str | Path) -> str:
                  f"weights {attrs.get('weights_id')}, config {attrs.get('config_hash')}")
     lines.append(f"  image:      {attrs.get('um_per_px')} um/px ({attrs.get('um_per_px_source')}), "
                  f"crops resized to {attrs.get('patch_px')} px")
+    if isinstance(attrs.get("views"), dict) and not attrs["views"].get("plain"):
+        v = attrs["views"]
+        lines.append(f"  views:      stain {v.get('stain_norm')}, tta {v.get('tta')} ({attrs.get('n_views', 1)} per crop), "
+                     f"HED jitter {v.get('tta_hed_jitter')}, background {v.get('background')}")
+    if "extract_seconds" in attrs:
+        lines.append(f"  extraction: {float(attrs['extract_seconds']):.1f} s wall (summed over resumes)")
     with h5py.File(path, "r") as f:
         for s in sorted(f["features"].keys(), key=float):
             ds = f["features"][s]
@@ -352,7 +371,7 @@ def create_datasets(f: Any, *, barcodes: np.ndarray, coords: np.ndarray) -> None
 
     f.create_dataset("barcodes", data=np.asarray(barcodes, dtype=str).astype(h5py.string_dtype()))
     f.create_dataset("coords", data=np.asarray(coords, dtype=np.float64))
-    for g in ("features", "padded", "done"):
+    for g in ("features", "padded", "done", "tissue"):
         f.require_group(g)
 
 
@@ -365,7 +384,16 @@ def add_scale(f: Any, scale_um: float, *, n: int, dim: int, dtype: str | np.dtyp
     d.attrs["scale_um"] = float(scale_um)
     f["padded"].create_dataset(name, shape=(n,), dtype=bool)
     f["done"].create_dataset(name, shape=(n,), dtype=bool)
+    require_tissue(f, name, n)
     return name
+
+
+def require_tissue(f: Any, name: str, n: int) -> Any:
+    """The ``/tissue/{name}`` dataset (created NaN-filled when absent, e.g. in a file started before it existed)."""
+    g = f.require_group("tissue")
+    if name not in g:
+        g.create_dataset(name, shape=(n,), dtype=np.float16, fillvalue=np.float16(np.nan))
+    return g[name]
 
 
 def write_neighbors(f: Any, idx: np.ndarray, dist_um: np.ndarray) -> None:
@@ -393,6 +421,7 @@ def write_cache(
     neighbors: np.ndarray | None = None,
     neighbor_dist_um: np.ndarray | None = None,
     dtype: str = "float16",
+    tissue_fraction: Mapping[str | float, np.ndarray] | None = None,
 ) -> Path:
     """Write a complete cache file in one go (tests, synthetic data, conversions).
 
@@ -430,6 +459,9 @@ def write_cache(
             pad = None if padded is None else padded.get(name, padded.get(s))  # type: ignore[call-overload]
             f["padded"][name][...] = np.zeros(n, bool) if pad is None else np.asarray(pad, bool)
             f["done"][name][...] = True
+            tf = None if tissue_fraction is None else tissue_fraction.get(name, tissue_fraction.get(s))  # type: ignore[call-overload]
+            if tf is not None:
+                f["tissue"][name][...] = np.asarray(tf, np.float16)
         if neighbors is not None:
             write_neighbors(f, neighbors, neighbor_dist_um if neighbor_dist_um is not None
                             else np.full(np.shape(neighbors), np.nan, np.float32))

@@ -71,11 +71,13 @@ class SampleResult:
     n_computed: int
     seconds: float
     scales_um: list[float] = field(default_factory=list)
+    n_views: int = 1  # crops per spot and scale through the encoder (stfeat.views): the cost factor
 
     def line(self) -> str:
         rate = f", {self.n_computed / self.seconds:.1f} spots/s" if self.n_computed and self.seconds > 0 else ""
+        cost = f" x{self.n_views} views" if self.n_views > 1 else ""
         return (f"{self.sample_id}: {self.status}, {self.n_spots} spots "
-                f"({self.n_computed} computed) in {self.seconds:.2f} s{rate} -> {self.path}")
+                f"({self.n_computed} computed{cost}) in {self.seconds:.2f} s{rate} -> {self.path}")
 
 
 # ---------------------------------------------------------------- encoder identity (no model built)
@@ -252,8 +254,14 @@ def _versions() -> dict[str, str]:
 def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encoder", ident: _Identity,
                  dtype: np.dtype, k: int, batch_size: int | None, num_workers: int, device: str,
                  um_override: float | None, progress: bool, callback: Callable | None,
-                 auto_bs: Callable[[], int], mode: str = "crop", tile_px: int | None = None) -> tuple[str, int]:
+                 auto_bs: Callable[[], int], mode: str = "crop", tile_px: int | None = None,
+                 views: Any = None) -> tuple[str, int]:
     import h5py
+
+    from stfeat import views as V
+
+    views = views if views is not None else V.ViewSpec()
+    since = [time.perf_counter()]
 
     from stfeat.neighbors import spatial_neighbors
 
@@ -331,12 +339,15 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             "scales_um": [], "patch_px": int(enc.spec.input_px), "embed_dim": int(enc.embed_dim),
             "dtype": str(dtype), "batch_size": bs, "k_neighbors": 0, "sample_id": sample.sample_id,
             "patient": sample.patient or "", "n_spots": n, "image_path": str(slide_path), **_versions(),
+            "views": views.to_attrs(), "n_views": views.n_views, "extract_seconds": 0.0,
         })
+    V.check_resolution(sample.sample_id, scales, um, int(enc.spec.input_px))
     try:
         C._set_attrs(f, {"complete": False, "completed": ""})
         for s in scales:
             if C.scale_name(s) not in f["features"]:
                 C.add_scale(f, s, n=n, dim=int(enc.embed_dim), dtype=dtype, chunk_rows=max(bs, 64))
+            C.require_tissue(f, C.scale_name(s), n)
         if k > 0 and int(f.attrs.get("k_neighbors", 0)) != k:
             idx, dist = spatial_neighbors(coords * um, k)
             C.write_neighbors(f, idx, dist)
@@ -367,10 +378,10 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             bar = _bar(n_computed, sample.sample_id, progress)
             done_spots = 0
             try:
-                for a, b, feats, pads in iter_features(sample.slide, coords, encoder=enc, scales_um=todo_scales,
-                                                       um_per_px=um, batch_size=bs, blocks=blocks,
-                                                       num_workers=num_workers, device=device):
-                    writer.put(a, b, feats, pads)
+                for a, b, feats, pads, tissue in iter_features(sample.slide, coords, encoder=enc, scales_um=todo_scales,
+                                                               um_per_px=um, batch_size=bs, blocks=blocks, views=views,
+                                                               num_workers=num_workers, device=device):
+                    writer.put(a, b, feats, pads, tissue)
                     done_spots += b - a
                     bar.update(b - a)
                     if callback is not None:
@@ -378,7 +389,11 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             finally:
                 writer.close()
                 bar.close()
+                if writer.error is None:
+                    with contextlib.suppress(Exception):
+                        V.add_seconds(f, since)  # counted also when interrupted: summed over resumes
             writer.check()
+        V.add_seconds(f, since)
         C.finalize(f, scales_um=scales)
     except (OSError, RuntimeError, StfeatError) as exc:
         from stfeat._faults import abandon, disk_error, is_write_failure
@@ -425,6 +440,11 @@ def extract_caches(
     callback: Callable[[str, int, int], None] | None = None,
     mode: str = "auto",
     tile_px: int | None = None,
+    stain_norm: str = "none",
+    stain_reference: str | Path | None = None,
+    tta: str = "none",
+    tta_hed_jitter: float = 0.0,
+    background: str = "keep",
 ) -> list[Path]:
     """Extract multi-scale features of every spot of every sample into the feature cache (``stfeat extract``).
 
@@ -475,6 +495,9 @@ def extract_caches(
         used and why are stored in the cache attrs (``extraction_mode``, ``extraction_mode_reason``).
     tile_px
         Dense mode: tile side in encoder pixels (default 6 windows for CNNs, 4 for ViTs).
+    stain_norm, stain_reference, tta, tta_hed_jitter, background
+        What the encoder sees (:mod:`stfeat.views`); non-plain views go to ``{cache_dir}/{encoder_tag}+{views}/``
+        (e.g. ``densenet121+macenko+d8``), and such a variant name given as ``encoder`` sets them too.
 
     Returns
     -------
@@ -503,12 +526,17 @@ def extract_caches(
     refs = as_samples(samples, lazy=True, um_per_px=um_per_px)
     rank, world = _parse_shard(shard)
     refs = refs[rank::world]
-    ident = encoder_identity(encoder, weights=weights, pretrained=pretrained)
+    from stfeat.views import extraction_identity
+
+    encoder, views, ident = extraction_identity(encoder, weights=weights, pretrained=pretrained, stain_norm=stain_norm,
+                                                stain_reference=stain_reference, tta=tta,
+                                                tta_hed_jitter=tta_hed_jitter, background=background)
     finals = [C.cache_path(root, ident.tag, r.sample_id) for r in refs]
     from stfeat.dense import MODES
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    mode = views.check_mode(mode)
     plans = [_plan(p, ident, scales, dtype=dt, k=k_neighbors, um_per_px=um_per_px, overwrite=overwrite,
                    sample_id=r.sample_id, mode=mode) for p, r in zip(finals, refs)]
     results: list[SampleResult] = []
@@ -523,7 +551,7 @@ def extract_caches(
     for i, p in enumerate(plans):
         if p.action == "skip":
             report(SampleResult(refs[i].sample_id, finals[i], "skipped", p.n_spots, 0,
-                                time.perf_counter() - t_all, p.scales))
+                                time.perf_counter() - t_all, p.scales, views.n_views))
     if not work:
         return finals
     dev = _resolve_device(device)
@@ -533,7 +561,7 @@ def extract_caches(
 
     def auto_bs() -> int:  # probed once per run, and only when a file needs it
         if not probed:
-            probed.append(auto_batch_size(enc, dev, len(scales)))
+            probed.append(auto_batch_size(enc, dev, len(scales) * views.n_views))
         return probed[0]
 
     # the next sample loads (counts, coordinates) in a thread while the current one is encoded
@@ -548,16 +576,17 @@ def extract_caches(
                              overwrite=overwrite, sample_id=refs[i].sample_id, mode=mode)  # again, under the lock: another rank may have finished it
                 if plan.action == "skip":
                     report(SampleResult(refs[i].sample_id, finals[i], "skipped", plan.n_spots, 0,
-                                        time.perf_counter() - t0, plan.scales))
+                                        time.perf_counter() - t0, plan.scales, views.n_views))
                     futures.pop(i).cancel()
                     continue
                 sample = futures.pop(i).result()
                 status, n_comp = _extract_one(refs[i], sample, finals[i], plan, enc=enc, ident=ident, dtype=dt,
                                               k=k_neighbors, batch_size=batch_size, num_workers=workers,
                                               device=dev, um_override=um_per_px, progress=progress,
-                                              callback=callback, auto_bs=auto_bs, mode=mode, tile_px=tile_px)
+                                              callback=callback, auto_bs=auto_bs, mode=mode, tile_px=tile_px,
+                                              views=views)
             report(SampleResult(sample.sample_id, finals[i], status, int(sample.n_spots), n_comp,
-                                time.perf_counter() - t0, plan.scales))
+                                time.perf_counter() - t0, plan.scales, views.n_views))
     return finals
 
 
@@ -580,7 +609,10 @@ def extract(samples: Any, *, encoder: "str | Encoder", cache_dir: str | Path | N
     root = Path(cache_dir if cache_dir is not None else os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
     loaded = as_samples(samples, um_per_px=kwargs.get("um_per_px"))
     paths = extract_caches(loaded, encoder=encoder, cache_dir=root, scales_um=scales_um, **kwargs)
-    ident = encoder_identity(encoder, weights=kwargs.get("weights"), pretrained=kwargs.get("pretrained", True))
+    from stfeat.views import VIEW_OPTIONS, extraction_identity
+
+    _, _, ident = extraction_identity(encoder, weights=kwargs.get("weights"), pretrained=kwargs.get("pretrained", True),
+                                      **{k: v for k, v in kwargs.items() if k in VIEW_OPTIONS})
     mine = {p.name for p in paths}
     kept = [s for s in loaded if C.cache_path(root, ident.tag, s.sample_id).name in mine]
     return FeatureSet.load(kept, encoder=ident.name, cache_dir=root, scales_um=sorted({float(s) for s in scales_um}))

@@ -54,6 +54,9 @@ class SampleFeatures:
         Scale name (``f"{um:g}"``) -> (n, d) float32.
     neighbors, neighbor_dist_um
         (n, k) nearest other spots of the same sample (-1 = none) and their distances, or None.
+    tissue_fraction
+        Scale name -> (n,) float32 tissue fraction of each spot's crop (:mod:`stfeat.views`; NaN: not
+        measured); empty for caches written before it was recorded.
     """
 
     sample_id: str
@@ -66,6 +69,7 @@ class SampleFeatures:
     neighbor_dist_um: np.ndarray | None = None
     source: Path | None = None
     attrs: dict = field(default_factory=dict)
+    tissue_fraction: dict = field(default_factory=dict)
     #: the sample's counts (:class:`stfeat.targets.Expression`) and its :class:`stfeat.io.Sample`, when loaded
     expression: Any = None
     sample: Any = None
@@ -115,6 +119,8 @@ class SampleFeatures:
             neighbor_dist_um=None if data.neighbor_dist_um is None else np.asarray(data.neighbor_dist_um, np.float32),
             source=path,
             attrs=attrs,
+            tissue_fraction={scale_name(k): v for k, v in data.tissue_fraction.items()
+                             if names is None or scale_name(k) in names},
         )
 
     def aligned_to(self, barcodes: Sequence[str], *, sample_path: str | Path | None = None) -> "SampleFeatures":
@@ -146,7 +152,8 @@ class SampleFeatures:
             sample_id=self.sample_id, patient=self.patient, barcodes=barcodes, coords_px=self.coords_px[order],
             um_per_px=self.um_per_px, features={k: v[order] for k, v in self.features.items()}, neighbors=nb,
             neighbor_dist_um=None if self.neighbor_dist_um is None else self.neighbor_dist_um[order],
-            source=self.source, attrs=self.attrs, expression=self.expression, sample=self.sample)
+            source=self.source, attrs=self.attrs, expression=self.expression, sample=self.sample,
+            tissue_fraction={k: v[order] for k, v in self.tissue_fraction.items()})
 
     def neighbor_graph(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(idx, dist_um) of the k nearest other spots: the cached graph if it has k, else recomputed."""

@@ -89,7 +89,7 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     return Model(estimator=est, head=hname, genes=list(sel.genes), transform=transform, layout=layout,
                  encoder=fs.provenance["encoder"],
                  encoder_attrs={k: attrs.get(k) for k in ("encoder", "encoder_tag", "weights_id", "config_hash",
-                                                           "patch_px", "embed_dim", "dtype")},
+                                                           "patch_px", "embed_dim", "dtype", "views")},
                  gene_rule=sel.rule, gene_rule_description=sel.description,
                  cache_dir=None if fs.cache_dir is None else str(Path(fs.cache_dir).resolve()),
                  train_samples=list(ids), split=split_mode, seed=seed, notes=notes)

@@ -79,6 +79,18 @@ class ExtractOptions:
     mode: str = _opt("auto", "crop: one forward per spot and field of view; dense: one per tissue tile, features "
                      "pooled from its token map; auto: dense for bins/cells (points < 50 um apart), crop for spots.",
                      choices=("auto", "crop", "dense"))
+    stain_norm: str = _opt("none", "Stain normalisation of each crop before the encoder (torchstain): none, macenko "
+                           "or reinhard; non-plain views go to the cache folder ENCODER+VIEWS (see stfeat.views).",
+                           choices=("none", "macenko", "reinhard"))
+    stain_reference: Optional[Path] = _opt(None, "RGB reference tile the stain normaliser is fitted to; default a "
+                                           "fixed reference (torchstain's Macenko reference stains).", path=True,
+                                           exists=True)
+    tta: str = _opt("none", "Test-time augmentation: d8 embeds the 8 flips/rotations of each crop and stores their "
+                    "mean (8x the encoder cost).", choices=("none", "d8"))
+    tta_hed_jitter: float = _opt(0.0, "Sigma of a seeded HED stain jitter of each view (0: none).", min=0)
+    background: str = _opt("keep", "fill: black and white background pixels become white (as the padding past the "
+                           "image edge); keep: as scanned. The tissue fraction is stored either way.",
+                           choices=("keep", "fill"))
     verbose: bool = _opt(False, "Debug logging, and tracebacks of internal errors.", cli_only=True)
 
 

@@ -104,19 +104,48 @@ def _one_sample(sample: Any):
 
 
 def _check_encoder(model: Any, encoder: Any, weights: Any) -> Any:
-    """The encoder to extract with; refuses an encoder configuration the model did not see."""
+    """The encoder to extract with; refuses an encoder configuration the model did not see.
+
+    A model fitted on a view variant (``densenet121+macenko+d8``, :mod:`stfeat.views`) has that name as its
+    encoder, so new samples are extracted with the same views (and the recorded stain reference)."""
     from stfeat.extraction import encoder_identity
+    from stfeat.views import variant_identity
 
     enc = encoder if encoder is not None else model.encoder
     want = model.encoder_attrs.get("config_hash")
     if want and isinstance(enc, str):
-        ident = encoder_identity(enc, weights=weights)
+        base, views = _model_views(model, enc)
+        ident = variant_identity(encoder_identity(base, weights=weights), views)
         if ident.hash != want:
             raise InputError(model.path, f"the model was fitted on features of encoder {model.encoder} with weights "
                              f"{model.encoder_attrs.get('weights_id')} (config {want}), but {enc} with weights "
                              f"{ident.weights_id} gives config {ident.hash}.",
                              "pass the same --weights as at extraction, or a --cache-dir that holds this sample.")
     return enc
+
+
+def _stain_reference(model: Any) -> str | None:
+    """The stain reference image the model's features were normalised to (None: the default one)."""
+    views = model.encoder_attrs.get("views") or {}
+    return (views.get("stain_reference") or None) if isinstance(views, dict) else None
+
+
+def _model_views(model: Any, enc: Any) -> tuple[Any, Any]:
+    """``(base encoder, ViewSpec)`` to extract with: the views of the model's encoder variant
+    (``densenet121+macenko+d8``, :mod:`stfeat.views`), also when a built Encoder or a base name overrides the
+    encoder; an override that is itself a variant name brings its own views."""
+    from stfeat.views import ViewSpec, resolve
+
+    ref = _stain_reference(model)
+
+    def res(name: str):
+        return resolve(name, stain_reference=ref if ViewSpec.from_variant(name)[1].stain_norm != "none" else None)
+
+    _, mviews = res(str(model.encoder))
+    if not isinstance(enc, str):
+        return enc, mviews
+    base, views = res(enc)
+    return base, (views if not views.plain else mviews)
 
 
 def _spot_features(model: Any, s: Any, *, cache_dir, encoder, weights, device, batch_size):
@@ -136,7 +165,10 @@ def _spot_features(model: Any, s: Any, *, cache_dir, encoder, weights, device, b
                              "give the sample with its image, or a --cache-dir holding its features.")
         enc = _check_encoder(model, encoder, weights)
         log.info("no cached features of %s in %s: extracting them there", s.sample_id, cdir)
-        extract_caches([s], encoder=enc, weights=weights, scales_um=model.scales_um, cache_dir=cdir,
+        base, views = _model_views(model, enc)
+        extract_caches([s], encoder=base, weights=weights, scales_um=model.scales_um, cache_dir=cdir,
+                       stain_norm=views.stain_norm, stain_reference=views.stain_reference or None, tta=views.tta,
+                       tta_hed_jitter=views.tta_hed_jitter, background=views.background,
                        k_neighbors=int(model.layout.get("k_neighbors", 8)), device=device, batch_size=batch_size,
                        dtype=str(model.encoder_attrs.get("dtype") or "float16"))
         how = f"extracted into {p}"
@@ -157,8 +189,9 @@ def _grid_features(model: Any, s: Any, pts: np.ndarray, *, encoder, weights, dev
         raise InputError(s.meta.get("source_path"), f"sample {s.sample_id} has no H&E image to predict a grid on.",
                          "give the sample with its image.")
     enc = _check_encoder(model, encoder, weights)
+    enc, views = _model_views(model, enc)
     feats = extract_points(s.slide, pts, encoder=enc, scales_um=model.scales_um, um_per_px=s.um_per_px,
-                           weights=weights, device=device, batch_size=batch_size)
+                           weights=weights, device=device, batch_size=batch_size, views=views)
     # The heads were fitted on features as the cache stores them (float16 by default): round fresh features
     # the same way, so a grid point on a measured spot gets that spot's prediction.
     stored = model.encoder_attrs.get("dtype")

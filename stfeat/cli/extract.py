@@ -39,11 +39,17 @@ def extract_cmd(
     um_per_px: Annotated[Optional[float], typer.Option("--um-per-px", help=_h("um_per_px"))] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help=_h("pretrained"))] = True,
     mode: Annotated[str, typer.Option("--mode", help=_h("mode") + " One of auto, crop, dense.")] = "auto",
+    stain_norm: Annotated[str, typer.Option("--stain-norm", help=_h("stain_norm"))] = "none",
+    stain_reference: Annotated[Optional[Path], typer.Option("--stain-reference", help=_h("stain_reference"))] = None,
+    tta: Annotated[str, typer.Option("--tta", help=_h("tta"))] = "none",
+    tta_hed_jitter: Annotated[float, typer.Option("--tta-hed-jitter", help=_h("tta_hed_jitter"))] = 0.0,
+    background: Annotated[str, typer.Option("--background", help=_h("background"))] = "keep",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_h("verbose"))] = False,
 ) -> None:
     """Extract multi-scale encoder features of every spot into the HDF5 feature cache.
 
-    One file per sample: {cache-dir}/{encoder}/{sample}.h5, with a spatial neighbour graph.
+    One file per sample: {cache-dir}/{encoder}/{sample}.h5 ({encoder}+{views}/ with --stain-norm, --tta,
+    --tta-hed-jitter or --background fill), with a spatial neighbour graph.
     Complete files are skipped, interrupted ones resumed. Prints one line per sample.
     """
     from stfeat.config import call

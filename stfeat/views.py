@@ -27,7 +27,8 @@ CropDataset`), all views of a batch go through ONE forward pass (``b x S x V`` c
    depends only on the spot's index in the sample, so a resumed run writes identical embeddings.
 5. **Background fill** (``background="fill"``): background pixels (of the mask of step 1, transformed
    with the view) become white (255), the same constant as the padding of crops past the image edge, so
-   a black-background scan does not look like dense nuclei.
+   a black-background scan does not look like dense nuclei. With stain normalisation they are filled
+   before it as well, so the stain estimate is not fitted to black glass.
 
 The view set is part of the cache configuration: :meth:`ViewSpec.identity` enters the encoder identity
 (hence the ``config_hash``) and :attr:`ViewSpec.suffix` the cache folder: ``cache/densenet121/C2.h5``
@@ -194,6 +195,9 @@ class ViewSpec:
         for i in range(b):
             for j in range(S):
                 base = crops[i, j]
+                if self.background == "fill":  # before normalising: black glass is no stain to fit
+                    base = base.copy()
+                    base[bg[i, j]] = FILL
                 if norm is not None and tissue[i, j] >= MIN_TISSUE:
                     base = normalise(norm, base)
                 for v in range(V):

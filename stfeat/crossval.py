@@ -104,7 +104,7 @@ class CVResult:
 def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform: str = "log1p_cp10k",
                    split: str = "auto", head_params: dict | None = None, k_neighbors: int = 8,
                    neighbor_mean: bool = False, neighbor_scale: float | str | None = None, seed: int = 0,
-                   metric_top_k: int = 10) -> CVResult:
+                   metric_top_k: int = 10, standardize: str | None = None) -> CVResult:
     """Evaluate one head on ``features`` with leakage-proof outer folds.
 
     Parameters
@@ -129,13 +129,16 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
         ``random_state`` of named heads that take one.
     metric_top_k
         k of the extra summaries over the top-k most variable / most expressed target genes.
+    standardize
+        Per-slide feature standardisation, ``"none"`` or ``"slide"`` (each sample centred and scaled with its
+        own statistics, see :mod:`stfeat.features`); ``None`` = the FeatureSet's own ``standardize``.
     """
     from stfeat import __version__
     from stfeat.estimators import fit_estimator, head_name, layout_for, make_estimator, model_inputs, predict_estimator
     from stfeat.evaluate import gene_metrics, inner_groups, make_splits, summarize
     from stfeat.targets import GeneRule, check_transform, select_genes
 
-    fs = features
+    fs = features if standardize is None else features.with_standardize(standardize)
     rule = GeneRule.parse(genes)
     check_transform(transform)
     ids = fs.sample_ids

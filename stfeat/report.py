@@ -88,7 +88,7 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
 
 def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, save_fold_models: bool = False,
                  plots: bool = True, metric_top_k: int = 10, heads: dict | None = None, k_neighbors: int = 8,
-                 neighbor_mean: bool = False, seed: int = 0):
+                 neighbor_mean: bool = False, seed: int = 0, standardize: str = "none"):
     """Write the outputs of cross-validated heads (tag -> CVResult) and their refit models (tag -> Model)."""
     from stfeat import __version__
     from stfeat.crossval import METRIC_NOTE, TRANSFORM_NOTE
@@ -128,7 +128,7 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
         "top_k_note": (f"mean_r_top{metric_top_k}_hvg / _hex: mean r over the {metric_top_k} target genes with the "
                        "highest variance / mean of log1p(cp10k) on the fold's training spots"),
         "heads": dict(heads or {}),
-        "k_neighbors": k_neighbors, "neighbor_mean": neighbor_mean, "seed": seed,
+        "k_neighbors": k_neighbors, "neighbor_mean": neighbor_mean, "seed": seed, "standardize": standardize,
         "best_model": best.tag,
         "best_model_note": ("the encoder x head with the highest mean held-out r; `stfeat predict` uses it unless "
                             "--head is given. Refit models carry an intercept (hest-ridge's CV numbers follow "

@@ -153,7 +153,11 @@ def load_head(path):
         raise InputError(path, "has no arrays.safetensors (incomplete save).", "save the head again.")
     arrays = load_file(str(arrays_file))
     texts = {p.name[len("text_"):-len(".txt")]: p.read_text() for p in path.glob("text_*.txt")}
-    head = HEADS[name](**doc["params"])
+    # JSON has no tuples: a parameter whose default is a tuple (the ensemble's heads) comes back as one
+    defaults = HEADS[name]().get_params(deep=False)
+    params = {k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v
+              for k, v in doc["params"].items()}
+    head = HEADS[name](**params)
     head._set_state(doc["meta"], arrays, texts)
     keys = doc.get("children") or []
     if keys or hasattr(head, "_set_children"):

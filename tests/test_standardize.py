@@ -100,6 +100,24 @@ def test_model_is_invariant_to_per_feature_affine_shift_and_predict_applies_it(d
     Xh = np.concatenate([(v - v.mean(0, dtype=np.float64)) / v.std(0, dtype=np.float64)
                          for v in cached.values()], axis=1)
     np.testing.assert_allclose(a.X, np.maximum(model.estimator.predict(Xh), 0), atol=2e-4)
+    # a grid prediction standardises with the measured spots' statistics when their features are cached
+    from stfeat.prediction import _spot_stats
+
+    stats = _spot_stats(st.Model.load(d), new, cdir)
+    for k, v in cached.items():
+        np.testing.assert_allclose(stats[k][0], v.mean(0, dtype=np.float64), rtol=1e-6)
+        np.testing.assert_allclose(stats[k][1], v.std(0, dtype=np.float64), rtol=1e-5)
+    assert _spot_stats(st.Model.load(d), new, tmp_path / "empty") is None  # not cached: the grid's own
+
+
+def test_fit_option_standardize_is_checked():
+    from stfeat import options as O
+
+    opts = O.build(O.FitOptions, {"samples": "d", "encoder": ["toy"], "standardize": "slide"})
+    assert O.library_kwargs(opts)["standardize"] == "slide"
+    assert O.default_of(O.FitOptions, "standardize") == "none"
+    with pytest.raises(O.OptionError, match="standardize"):
+        O.build(O.FitOptions, {"samples": "d", "encoder": ["toy"], "standardize": "zscore"})
 
 
 def test_cross_validate_and_fit_report_record_standardize(data, tmp_path):

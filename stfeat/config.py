@@ -329,13 +329,17 @@ def predict_out(opts: Any) -> Path:
 
 
 def fit_summary(res: Any) -> list[str]:
-    """The lines ``stfeat fit`` prints after a fit: the split, genes and the comparison table."""
+    """The lines ``stfeat fit`` prints after a fit: the split, genes, the comparison table, and which heads
+    with a ridge skip path (attention, slide-transformer) were reduced to it in some folds."""
+    from stfeat.crossval import skip_path_note
+
     split_info = res.metrics["split"]
     over = "sections" if split_info["mode"] == "loso" else split_info["group_kind"] + "s"
+    skip = [n for n in map(skip_path_note, getattr(res, "cv", {}).values()) if n]
     return [f"split: {split_info['mode']} over {over}; genes: {res.metrics['genes']['description']}; "
             f"transform: {res.metrics['transform']}",
             "mean Pearson r per held-out sample (columns) and mean over folds:",
-            res.comparison.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+            res.comparison.to_string(index=False, float_format=lambda v: f"{v:.3f}"), *skip]
 
 
 def command_line(opts: Any, keys: Iterable[str] = ()) -> str:

@@ -104,7 +104,7 @@ class CVResult:
 def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform: str = "log1p_cp10k",
                    split: str = "auto", head_params: dict | None = None, k_neighbors: int = 8,
                    neighbor_mean: bool = False, neighbor_scale: float | str | None = None, seed: int = 0,
-                   metric_top_k: int = 10) -> CVResult:
+                   metric_top_k: int = 10, standardize: str | None = None) -> CVResult:
     """Evaluate one head on ``features`` with leakage-proof outer folds.
 
     Parameters
@@ -129,13 +129,16 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
         ``random_state`` of named heads that take one.
     metric_top_k
         k of the extra summaries over the top-k most variable / most expressed target genes.
+    standardize
+        Per-slide feature standardisation, ``"none"`` or ``"slide"`` (each sample centred and scaled with its
+        own statistics, see :mod:`stfeat.features`); ``None`` = the FeatureSet's own ``standardize``.
     """
     from stfeat import __version__
     from stfeat.estimators import fit_estimator, head_name, layout_for, make_estimator, model_inputs, predict_estimator
     from stfeat.evaluate import gene_metrics, inner_groups, make_splits, summarize
     from stfeat.targets import GeneRule, check_transform, select_genes
 
-    fs = features
+    fs = features if standardize is None else features.with_standardize(standardize)
     rule = GeneRule.parse(genes)
     check_transform(transform)
     ids = fs.sample_ids
@@ -176,7 +179,8 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
             start += n
         rows.append({"encoder": enc, "head": hname, "fold": fold.name, "test_samples": ";".join(fold.test),
                      "train_samples": ";".join(fold.train), "n_test_spots": len(Yte), **summ,
-                     **{f"r_{t}": v for t, v in per_sample.items()}, **prov, "genes": ";".join(sel.genes)})
+                     **{f"r_{t}": v for t, v in per_sample.items()}, **head_diagnostics(est), **prov,
+                     "genes": ";".join(sel.genes)})
         tdf = table.reset_index()
         for col, val in (("fold", fold.name), ("head", hname), ("encoder", enc)):
             tdf.insert(0, col, val)
@@ -195,6 +199,43 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
                       for fname, sid, P, g in items}
     log.info("%s", cv)
     return cv
+
+
+def skip_path(est: Any) -> dict:
+    """``residual_share`` / ``reduced_to_skip`` of a fitted head with a ridge skip path (attention,
+    slide-transformer): the share of its prediction's variance from the learned residual, and whether early
+    stopping kept the untrained residual (the head then predicts what its ridge skip path predicts). Empty
+    for other heads."""
+    if not hasattr(est, "reduced_to_skip_"):
+        return {}
+    return {"residual_share": float(getattr(est, "residual_share_", float("nan"))),
+            "reduced_to_skip": bool(est.reduced_to_skip_)}
+
+
+def head_diagnostics(est: Any) -> dict:
+    """Per-fold facts a head reports about itself, for metrics.json/csv: :func:`skip_path`, and for the
+    ensemble its mean weight and out-of-fold mean r per base head (JSON text)."""
+    out = skip_path(est)
+    if hasattr(est, "weights_") and hasattr(est, "heads_") and hasattr(est, "base_scores_"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a base head with no OOF score (all NaN)
+            out["ensemble_weights"] = json.dumps({h: round(float(w), 4) for h, w in
+                                                  zip(est.heads_, np.asarray(est.weights_).mean(1))})
+            out["ensemble_base_r"] = json.dumps({h: round(float(r), 4) if np.isfinite(r) else None for h, r in
+                                                 zip(est.heads_, np.nanmean(est.base_scores_, 1))})
+    return out
+
+
+def skip_path_note(cv: "CVResult") -> str | None:
+    """"HEAD reduced to its ridge skip path in N of M folds" when it was in any fold, else None."""
+    flags = [row["reduced_to_skip"] for row in cv.rows if "reduced_to_skip" in row]
+    n = sum(bool(f) for f in flags)
+    if not n:
+        return None
+    return (f"{cv.head} reduced to its ridge skip path in {n} of {len(cv.rows)} folds ({cv.encoder}): "
+            "there it predicts what the ridge alone predicts")
 
 
 def prediction_adata(fs: Any, sid: str, P: np.ndarray, genes: list[str], transform: str, *, fold: str = "",

@@ -60,19 +60,26 @@ def layout_for(est: Any, fs: Any, *, k_neighbors: int = 8, neighbor_mean: bool =
     tokens = wants_tokens(est)
     return {"kind": "tokens" if tokens else "flat", "scales": list(fs.scales), "k_neighbors": int(k_neighbors),
             "neighbor_mean": bool(neighbor_mean and not tokens),
-            "neighbor_scale": None if neighbor_scale is None else f"{float(neighbor_scale):g}", "dim": fs.dim}
+            "neighbor_scale": None if neighbor_scale is None else f"{float(neighbor_scale):g}", "dim": fs.dim,
+            "standardize": getattr(fs, "standardize", "none")}
 
 
 def sample_inputs(sf: Any, layout: dict) -> dict[str, Any]:
-    """Inputs of one sample's spots (a :class:`stfeat.features.SampleFeatures`) under ``layout``."""
+    """Inputs of one sample's spots (a :class:`stfeat.features.SampleFeatures`) under ``layout``.
+
+    ``layout["standardize"] == "slide"`` standardises the sample with its own statistics (or
+    ``sf.standardize_stats``); layouts without the key (older models) mean ``"none"``.
+    """
     from stfeat.features import flat_features, token_features
 
+    std = layout.get("standardize", "none")
     extra = {"coords_um": sf.coords_um, "sample_ids": np.full(sf.n_spots, sf.sample_id, dtype=object)}
     if layout["kind"] == "tokens":
-        t = token_features(sf, layout["scales"], k=layout["k_neighbors"], neighbor_scale=layout.get("neighbor_scale"))
+        t = token_features(sf, layout["scales"], k=layout["k_neighbors"], neighbor_scale=layout.get("neighbor_scale"),
+                           standardize=std)
         return {"X": t["X"], "rel_pos": t["rel_pos"], "token_type": t["token_type"], "mask": t["mask"], **extra}
     return {"X": flat_features(sf, layout["scales"], neighbor_mean=layout["neighbor_mean"],
-                               k=layout["k_neighbors"]), **extra}
+                               k=layout["k_neighbors"], standardize=std), **extra}
 
 
 def model_inputs(fs: Any, ids: Sequence[str], layout: dict) -> dict[str, Any]:

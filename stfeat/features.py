@@ -13,6 +13,14 @@ a spatial neighbour graph. From these it builds
 
 Neighbours never cross samples. They come from the cache when it holds at least k of them, and are
 recomputed from the coordinates in micrometres otherwise.
+
+Per-slide standardisation (``standardize="slide"``, a domain correction for transfer across patients and
+staining batches): before anything else, each scale's features of a sample are centred and scaled with that
+sample's OWN mean and standard deviation over its spots (population std, float64; a feature constant on the
+sample, within rounding, keeps scale 1, so it becomes 0). Flat inputs, the neighbours' mean and the tokens are
+built from the standardised features, so each scale of ``flat()`` has mean 0 and std 1 per sample. A fitted
+:class:`stfeat.Model` records the mode in its layout and applies it to a new sample with the new sample's own
+statistics (:attr:`SampleFeatures.standardize_stats` overrides them: grid predictions use the measured spots').
 """
 
 from __future__ import annotations
@@ -27,6 +35,17 @@ import numpy as np
 from stfeat.errors import InputError
 
 log = logging.getLogger(__name__)
+
+#: values of ``standardize``: ``none`` (features as cached) or ``slide`` (per-sample centring and scaling)
+STANDARDIZE = ("none", "slide")
+
+
+def check_standardize(mode: Any) -> str:
+    """``mode`` if it is one of :data:`STANDARDIZE`, else an InputError naming them."""
+    if mode not in STANDARDIZE:
+        raise InputError(None, f"standardize={mode!r} is not a per-slide standardisation mode.",
+                         f"use one of: {', '.join(STANDARDIZE)}.")
+    return str(mode)
 
 
 def scale_name(scale: float | str) -> str:
@@ -73,6 +92,9 @@ class SampleFeatures:
     #: the sample's counts (:class:`stfeat.targets.Expression`) and its :class:`stfeat.io.Sample`, when loaded
     expression: Any = None
     sample: Any = None
+    #: scale -> (mean, std) to standardise with instead of this sample's own statistics (``standardize="slide"``);
+    #: grid predictions set it to the measured spots' statistics
+    standardize_stats: dict | None = None
 
     @property
     def n_spots(self) -> int:
@@ -153,7 +175,28 @@ class SampleFeatures:
             um_per_px=self.um_per_px, features={k: v[order] for k, v in self.features.items()}, neighbors=nb,
             neighbor_dist_um=None if self.neighbor_dist_um is None else self.neighbor_dist_um[order],
             source=self.source, attrs=self.attrs, expression=self.expression, sample=self.sample,
-            tissue_fraction={k: v[order] for k, v in self.tissue_fraction.items()})
+            tissue_fraction={k: v[order] for k, v in self.tissue_fraction.items()},
+            standardize_stats=self.standardize_stats)
+
+    def slide_stats(self, scales: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Scale -> (mean, std) (float64, over this sample's rows; std 1 for a constant feature)."""
+        from stfeat.heads._base import standardize_fit
+
+        if self.n_spots == 0:
+            raise InputError(self.source, f"sample {self.sample_id} has no spots to standardise over.",
+                             "give a sample with spots, or standardize='none'.")
+        return {s: standardize_fit(np.asarray(self.features[s], np.float32)) for s in scales}
+
+    def standardized(self, scales: Sequence[str], standardize: str = "none") -> dict[str, np.ndarray]:
+        """Scale -> (n, d) float32 features of ``scales`` under ``standardize`` (see the module docstring)."""
+        check_standardize(standardize)
+        scales = list(dict.fromkeys(scales))
+        if standardize == "none":
+            return {s: np.asarray(self.features[s], np.float32) for s in scales}
+        stats = self.standardize_stats or {}
+        missing = [s for s in scales if s not in stats]
+        stats = {**stats, **(self.slide_stats(missing) if missing else {})}
+        return {s: ((self.features[s] - stats[s][0]) / stats[s][1]).astype(np.float32) for s in scales}
 
     def neighbor_graph(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(idx, dist_um) of the k nearest other spots: the cached graph if it has k, else recomputed."""
@@ -180,11 +223,17 @@ class FeatureSet:
         One :class:`SampleFeatures` per sample, rows aligned to the sample's expression.
     scales
         Scale names to use, in order (default: those of the first sample, ascending).
+    standardize
+        ``"none"`` or ``"slide"``: centre and scale each sample's features with its own statistics in
+        :meth:`flat` and :meth:`tokens` (see the module docstring; :meth:`with_standardize` changes it).
     """
 
     def __init__(self, samples: Sequence[SampleFeatures], scales: Sequence[str | float] | None = None, *,
-                 encoder: str | None = None, cache_dir: str | Path | None = None, source: str | None = None) -> None:
+                 encoder: str | None = None, cache_dir: str | Path | None = None, source: str | None = None,
+                 standardize: str = "none") -> None:
         self.encoder = encoder
+        #: per-slide standardisation of the heads' inputs: ``none`` or ``slide`` (module docstring)
+        self.standardize = check_standardize(standardize)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.source = source  # the path the samples came from, quoted in hints
         self._targets: dict[tuple, np.ndarray] = {}
@@ -230,12 +279,13 @@ class FeatureSet:
 
     @classmethod
     def load(cls, samples: Any, *, encoder: str, cache_dir: str | Path,
-             scales_um: Sequence[float | str] | None = None) -> "FeatureSet":
+             scales_um: Sequence[float | str] | None = None, standardize: str = "none") -> "FeatureSet":
         """The cached features of ``samples`` for ``encoder``, with their counts for stage two.
 
         ``samples`` is anything :func:`stfeat.io.as_samples` takes. A missing cache is an InputError
-        naming the ``stfeat extract`` command to run.
+        naming the ``stfeat extract`` command to run. ``standardize``: see :class:`FeatureSet`.
         """
+        check_standardize(standardize)
         import os
 
         from stfeat.io import as_samples
@@ -262,12 +312,22 @@ class FeatureSet:
             sf = sf.aligned_to(s.barcodes, sample_path=s.meta.get("source_path"))
             sf.expression, sf.sample = Expression.from_sample(s), s
             out.append(sf)
-        return cls(out, scales=scales_um, encoder=encoder, cache_dir=cache_dir, source=source)
+        return cls(out, scales=scales_um, encoder=encoder, cache_dir=cache_dir, source=source, standardize=standardize)
 
     def subset(self, ids: Sequence[str]) -> "FeatureSet":
         """The same features for some of the samples (e.g. one patient)."""
         return FeatureSet([self.samples[s] for s in ids], scales=self.scales, encoder=self.encoder,
-                          cache_dir=self.cache_dir, source=self.source)
+                          cache_dir=self.cache_dir, source=self.source, standardize=self.standardize)
+
+    def with_standardize(self, standardize: str) -> "FeatureSet":
+        """The same samples (shared, not copied) with another per-slide standardisation mode."""
+        if check_standardize(standardize) == self.standardize:
+            return self
+        out = self.subset(self.sample_ids)
+        out.standardize = standardize
+        out._targets = self._targets
+        out.group_kind = self.group_kind
+        return out
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -275,7 +335,8 @@ class FeatureSet:
     def __repr__(self) -> str:
         n = sum(s.n_spots for s in self.samples.values())
         return (f"FeatureSet(encoder={self.encoder!r}, {len(self)} samples, {n} spots, scales_um={self.scales}, "
-                f"dim={self.dim}, grouped by {self.group_kind})")
+                f"dim={self.dim}, grouped by {self.group_kind}"
+                + (f", standardize={self.standardize!r})" if self.standardize != "none" else ")"))
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -283,7 +344,8 @@ class FeatureSet:
         attrs = self.samples[self.sample_ids[0]].attrs
         return {"encoder": str(self.encoder or attrs.get("encoder", "")),
                 "weights_id": str(attrs.get("weights_id", "")),
-                "encoder_config_hash": str(attrs.get("config_hash", "")), "scales_um": ",".join(self.scales)}
+                "encoder_config_hash": str(attrs.get("config_hash", "")), "scales_um": ",".join(self.scales),
+                "standardize": self.standardize}
 
     def expression(self, sample_id: str) -> Any:
         e = self.samples[sample_id].expression
@@ -320,12 +382,13 @@ class FeatureSet:
     # ------------------------------------------------------------------------------ matrices
     def flat(self, ids: Sequence[str], *, neighbor_mean: bool = False, k: int = 8) -> np.ndarray:
         """X (n, d * n_scales [* 2]) float32 for flat heads: scales concatenated [+ neighbour mean]."""
-        return np.concatenate([flat_features(self.samples[s], self.scales, neighbor_mean=neighbor_mean, k=k)
-                               for s in ids])
+        return np.concatenate([flat_features(self.samples[s], self.scales, neighbor_mean=neighbor_mean, k=k,
+                                             standardize=self.standardize) for s in ids])
 
     def tokens(self, ids: Sequence[str], *, k: int = 8, neighbor_scale: str | None = None) -> dict[str, np.ndarray]:
         """Token tensors for the attention head; see :func:`token_features`."""
-        parts = [token_features(self.samples[s], self.scales, k=k, neighbor_scale=neighbor_scale) for s in ids]
+        parts = [token_features(self.samples[s], self.scales, k=k, neighbor_scale=neighbor_scale,
+                                standardize=self.standardize) for s in ids]
         return {
             "X": np.concatenate([p["X"] for p in parts]),
             "rel_pos": np.concatenate([p["rel_pos"] for p in parts]),
@@ -334,9 +397,12 @@ class FeatureSet:
         }
 
 
-def flat_features(sf: SampleFeatures, scales: Sequence[str], *, neighbor_mean: bool = False, k: int = 8) -> np.ndarray:
-    """Concatenated scales of one sample, optionally + the mean of the same over k neighbours."""
-    X = np.concatenate([np.asarray(sf.features[s], np.float32) for s in scales], axis=1)
+def flat_features(sf: SampleFeatures, scales: Sequence[str], *, neighbor_mean: bool = False, k: int = 8,
+                  standardize: str = "none") -> np.ndarray:
+    """Concatenated scales of one sample (standardised per slide under ``standardize="slide"``), optionally
+    + the mean of the same over k neighbours."""
+    feats = sf.standardized(scales, standardize)
+    X = np.concatenate([feats[s] for s in scales], axis=1)
     if not neighbor_mean:
         return X
     import scipy.sparse as sp
@@ -351,7 +417,7 @@ def flat_features(sf: SampleFeatures, scales: Sequence[str], *, neighbor_mean: b
 
 
 def token_features(sf: SampleFeatures, scales: Sequence[str], *, k: int = 8,
-                   neighbor_scale: str | None = None) -> dict[str, np.ndarray]:
+                   neighbor_scale: str | None = None, standardize: str = "none") -> dict[str, np.ndarray]:
     """Tokens of one sample for the attention head.
 
     Returns
@@ -361,18 +427,20 @@ def token_features(sf: SampleFeatures, scales: Sequence[str], *, k: int = 8,
         neighbours' features at ``neighbor_scale`` (default: the smallest scale); ``rel_pos``
         (n, S + k, 2) float32 offsets in micrometres (0 for own tokens, neighbour - spot for the others);
         ``mask`` (n, S + k) bool, True where a neighbour token is padding; ``token_type`` (S + k,) int64:
-        0..S-1 for the own scales, S for neighbours.
+        0..S-1 for the own scales, S for neighbours. Under ``standardize="slide"`` every scale is first
+        standardised with the sample's statistics over its spots (per scale).
     """
     scales = list(scales)
     nscale = scale_name(neighbor_scale) if neighbor_scale is not None else min(scales, key=float)
     if nscale not in sf.features:
         raise ValueError(f"neighbour scale {nscale} um is not among the loaded scales {scales}")
     n, S = sf.n_spots, len(scales)
-    own = np.stack([np.asarray(sf.features[s], np.float32) for s in scales], axis=1)
+    feats = sf.standardized(scales + [nscale], standardize)
+    own = np.stack([feats[s] for s in scales], axis=1)
     idx, _ = sf.neighbor_graph(k)
     valid = idx >= 0
     safe = np.clip(idx, 0, None)
-    nb = np.asarray(sf.features[nscale], np.float32)[safe] * valid[..., None]
+    nb = feats[nscale][safe] * valid[..., None]
     cu = sf.coords_um
     rel = np.zeros((n, S + k, 2), np.float32)
     rel[:, S:] = np.where(valid[..., None], cu[safe] - cu[:, None, :], 0.0)

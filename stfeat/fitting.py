@@ -36,7 +36,8 @@ def _as_list(x: Any) -> list:
 
 def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform: str = "log1p_cp10k",
         split: str = "auto", head_params: dict | None = None, k_neighbors: int = 8, neighbor_mean: bool = False,
-        neighbor_scale: float | str | None = None, seed: int = 0, intercept: bool = True):
+        neighbor_scale: float | str | None = None, seed: int = 0, intercept: bool = True,
+        standardize: str | None = None):
     """Fit one head on ALL samples of ``features`` (genes chosen on all of them): the model for prediction.
 
     Parameters
@@ -45,8 +46,9 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
         A :class:`stfeat.features.FeatureSet` with counts.
     head
         An estimator object or a registry name.
-    genes, transform, head_params, k_neighbors, neighbor_mean, neighbor_scale, seed
-        As in :func:`stfeat.crossval.cross_validate`.
+    genes, transform, head_params, k_neighbors, neighbor_mean, neighbor_scale, seed, standardize
+        As in :func:`stfeat.crossval.cross_validate`. The model records ``standardize`` and applies it at predict
+        with the new sample's own statistics.
     split
         Accepted for symmetry with :func:`cross_validate`; the refit uses every sample, with patients
         (else sections) as the inner (early-stopping, penalty) validation groups.
@@ -66,7 +68,7 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
 
     import numpy as np
 
-    fs = features
+    fs = features if standardize is None else features.with_standardize(standardize)
     rule = GeneRule.parse(genes)
     check_transform(transform)
     ids = fs.sample_ids
@@ -100,16 +102,17 @@ def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | P
                genes: str = "hvg:50", transform: str = "log1p_cp10k", split: str = "auto", k_neighbors: int = 8,
                neighbor_mean: bool = False, neighbor_scale: float | str | None = None,
                out_dir: str | Path = "stfeat_fit", seed: int = 0, metric_top_k: int = 10,
-               save_fold_models: bool = False, plots: bool = True) -> FitResult:
+               save_fold_models: bool = False, plots: bool = True, standardize: str = "none") -> FitResult:
     """``stfeat fit``: cross-validate every encoder x head, refit each on all samples, write the report.
 
     ``samples`` is anything :func:`stfeat.io.as_samples` takes; ``head`` one or several names or estimator
-    objects; ``head_params`` maps a head name to its parameters. Writes into ``out_dir`` (see
+    objects; ``head_params`` maps a head name to its parameters; ``standardize`` is the per-slide feature
+    standardisation (``none`` or ``slide``, see :mod:`stfeat.features`). Writes into ``out_dir`` (see
     :mod:`stfeat.report`) and returns the in-memory results too.
     """
     from stfeat.crossval import cross_validate
     from stfeat.estimators import head_name
-    from stfeat.features import FeatureSet
+    from stfeat.features import FeatureSet, check_standardize
     from stfeat.io import as_samples
     from stfeat.report import write_report
 
@@ -117,15 +120,17 @@ def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | P
     if not encoders or not heads:
         raise ValueError("give at least one encoder and one head")
     head_params = dict(head_params or {})
+    check_standardize(standardize)
     loaded = as_samples(samples)
     # Load every cache before fitting anything: a missing one fails fast with the command to run.
     fsets = {}
     for enc in encoders:
-        fsets[enc] = FeatureSet.load(loaded, encoder=enc, cache_dir=cache_dir, scales_um=scales_um)
+        fsets[enc] = FeatureSet.load(loaded, encoder=enc, cache_dir=cache_dir, scales_um=scales_um,
+                                     standardize=standardize)
         fsets[enc].source = str(samples) if isinstance(samples, (str, Path)) else None
     cvs, models = {}, {}
     opts = dict(genes=genes, transform=transform, split=split, k_neighbors=k_neighbors, neighbor_mean=neighbor_mean,
-                neighbor_scale=neighbor_scale, seed=seed)
+                neighbor_scale=neighbor_scale, seed=seed, standardize=standardize)
     for enc, fs in fsets.items():
         for h in heads:
             params = head_params.get(head_name(h))
@@ -135,4 +140,4 @@ def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | P
     return write_report(out_dir, cvs, models, fsets, save_fold_models=save_fold_models, plots=plots,
                         metric_top_k=metric_top_k, heads={head_name(h): head_params.get(head_name(h), {})
                                                           for h in heads}, k_neighbors=k_neighbors,
-                        neighbor_mean=neighbor_mean, seed=seed)
+                        neighbor_mean=neighbor_mean, seed=seed, standardize=standardize)

@@ -58,7 +58,8 @@ class Model:
     encoder, encoder_attrs
         The features it needs: encoder name and identity (weights id, config hash, dtype, patch px).
     layout
-        How the head is fed (flat or tokens, scales in um, neighbours); predict builds the same inputs.
+        How the head is fed (flat or tokens, scales in um, neighbours, per-slide ``standardize``); predict builds
+        the same inputs (under ``standardize="slide"`` with the NEW sample's own feature statistics).
     """
 
     estimator: Any
@@ -94,7 +95,7 @@ class Model:
         return {
             "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "stfeat_version": __version__,
             "encoder": self.encoder, "encoder_attrs": dict(self.encoder_attrs), "cache_dir": self.cache_dir,
-            "layout": self.layout, "head": self.head, "head_class": f"{type(est).__module__}.{type(est).__name__}",
+            "layout": self.layout, "standardize": self.layout.get("standardize", "none"), "head": self.head, "head_class": f"{type(est).__module__}.{type(est).__name__}",
             "head_params": json.loads(json.dumps(est.get_params(), default=str)), "genes": list(self.genes),
             "gene_rule": self.gene_rule, "gene_rule_description": self.gene_rule_description,
             "transform": self.transform, "train_samples": list(self.train_samples), "split": self.split,
@@ -175,6 +176,7 @@ class Model:
         else:
             raise InputError(mfile, f"unknown head_format {fmt!r}.", "re-run `stfeat fit`.")
         known = {"format", "format_version", "stfeat_version", "encoder", "encoder_attrs", "cache_dir", "layout",
+                 "standardize",
                  "head", "head_class", "head_params", "genes", "gene_rule", "gene_rule_description", "transform",
                  "train_samples", "split", "seed", "notes", "head_format"}
         return cls(estimator=est, head=str(m["head"]), genes=[str(g) for g in m["genes"]],
@@ -188,7 +190,7 @@ class Model:
     # ------------------------------------------------------------------ predict
     def predict_features(self, sf: Any) -> np.ndarray:
         """Predictions (spots x genes, in the model's transform, >= 0) for one sample's features
-        (a :class:`stfeat.features.SampleFeatures`)."""
+        (a :class:`stfeat.features.SampleFeatures`), standardised per slide when the model was fitted so."""
         from stfeat.estimators import predict_estimator, sample_inputs
 
         P = predict_estimator(self.estimator, sample_inputs(sf, self.layout))

@@ -117,6 +117,9 @@ class FitOptions:
     neighbor_mean: bool = _opt(False, "Append the neighbours' mean features to flat heads' input.")
     neighbor_scale: Optional[float] = _opt(None, "Field of view (um) of the neighbours' features; default the "
                                            "smallest.", min="positive")
+    standardize: str = _opt("none", "Per-slide feature standardisation: slide centres and scales each sample's "
+                            "features with its own statistics (also at predict); none keeps them as cached.",
+                            choices=("none", "slide"))
     out_dir: Path = _opt(Path("stfeat_fit"), "Output directory.", path=True)
     seed: int = _opt(0, "random_state of the heads.")
     metric_top_k: int = _opt(10, "k of the extra top-k HVG / highly-expressed summaries.", min=1)

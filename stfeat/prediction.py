@@ -8,6 +8,11 @@ model predicts on a square grid (step in micrometres) over the tissue, beyond th
 the tissue mask is Otsu's threshold on the saturation of the H&E thumbnail (cleaned by a
 morphological opening/closing), falling back to the measured spots' region dilated by two spot
 pitches when the mask is implausible; neighbours are recomputed on the grid.
+
+A model fitted with ``standardize="slide"`` standardises the new sample's features with the sample's own
+statistics: at the spots, over its spots; on a grid, over its measured spots when their features are cached
+(the statistics the model's training samples were standardised with), else over the grid points
+(``uns["stfeat"]["standardize_stats"]`` says which).
 """
 
 from __future__ import annotations
@@ -181,6 +186,27 @@ def _spot_features(model: Any, s: Any, *, cache_dir, encoder, weights, device, b
     return sf.aligned_to(s.barcodes, sample_path=s.meta.get("source_path")), how
 
 
+def _spot_stats(model: Any, s: Any, cache_dir) -> dict | None:
+    """Per-scale (mean, std) of the sample's measured spots from its cache, or None when it is not cached."""
+    from stfeat.features import SampleFeatures, cache_file
+
+    cdir = cache_dir if cache_dir is not None else model.cache_dir
+    if cdir is None:
+        cdir = os.environ.get("STFEAT_CACHE_DIR", "stfeat_cache")
+    p = cache_file(cdir, model.encoder, s.sample_id)
+    if not p.exists():
+        return None
+    try:
+        sf = SampleFeatures.from_cache(p, scales=model.layout["scales"], sample_id=s.sample_id)
+    except InputError as exc:
+        log.info("spot features of %s unusable for grid standardisation (%s)", s.sample_id, exc)
+        return None
+    want = model.encoder_attrs.get("config_hash")
+    if want and sf.attrs.get("config_hash") != want:
+        return None
+    return sf.slide_stats(model.layout["scales"])
+
+
 def _grid_features(model: Any, s: Any, pts: np.ndarray, *, encoder, weights, device, batch_size):
     from stfeat.extraction import extract_points
     from stfeat.features import SampleFeatures
@@ -248,7 +274,8 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
     genes = list(model.genes)
     prov = {"model_dir": str(model.path or ""), "encoder": model.encoder, "head": model.head,
             "transform": model.transform, "gene_rule": model.gene_rule, "stfeat_version": __version__,
-            "sample_id": s.sample_id, "clipped_at_zero": "true"}
+            "sample_id": s.sample_id, "clipped_at_zero": "true",
+            "standardize": model.layout.get("standardize", "none")}
     kw = dict(encoder=encoder, weights=weights, device=device, batch_size=batch_size)
     if grid_um is None:
         sf, prov["features"] = _spot_features(model, s, cache_dir=cache_dir, **kw)
@@ -262,6 +289,9 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
     else:
         pts, how = tissue_grid(s, float(grid_um))
         sf = _grid_features(model, s, pts, **kw)
+        if model.layout.get("standardize", "none") == "slide":
+            sf.standardize_stats = _spot_stats(model, s, cache_dir)
+            prov["standardize_stats"] = "grid points" if sf.standardize_stats is None else "measured spots (cache)"
         P = model.predict_features(sf)
         a = ad.AnnData(X=P, obs=pd.DataFrame(index=sf.barcodes), var=pd.DataFrame(index=pd.Index(genes, name="gene")))
         a.obs["sample"] = s.sample_id

@@ -54,8 +54,12 @@ def metrics_table(cvs: dict):
     for _, g in df.groupby(["encoder", "head"], sort=False):
         num = g.select_dtypes("number").mean(numeric_only=True).to_dict()
         first = g.iloc[0]
-        mean_rows.append({**{k: first[k] for k in g.columns if k not in num}, **num, "fold": "mean",
-                          "test_samples": "all", "train_samples": "", "genes": "per fold (see rows above)"})
+        row = {**{k: first[k] for k in g.columns if k not in num}, **num, "fold": "mean",
+               "test_samples": "all", "train_samples": "", "genes": "per fold (see rows above)"}
+        if "reduced_to_skip" in g.columns and g["reduced_to_skip"].notna().any():
+            flags = g["reduced_to_skip"].dropna().astype(bool)
+            row["reduced_to_skip"] = f"{int(flags.sum())} of {len(flags)} folds"
+        mean_rows.append(row)
     return pd.concat([df, pd.DataFrame(mean_rows)], ignore_index=True)
 
 
@@ -88,10 +92,10 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
 
 def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, save_fold_models: bool = False,
                  plots: bool = True, metric_top_k: int = 10, heads: dict | None = None, k_neighbors: int = 8,
-                 neighbor_mean: bool = False, seed: int = 0):
+                 neighbor_mean: bool = False, seed: int = 0, standardize: str = "none"):
     """Write the outputs of cross-validated heads (tag -> CVResult) and their refit models (tag -> Model)."""
     from stfeat import __version__
-    from stfeat.crossval import METRIC_NOTE, TRANSFORM_NOTE
+    from stfeat.crossval import METRIC_NOTE, TRANSFORM_NOTE, skip_path_note
     from stfeat.fitting import FitResult
     from stfeat.model import Model, UnsafeEstimatorError
 
@@ -112,7 +116,7 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
         "samples": [{"sample_id": s, "patient": fs0.samples[s].patient,
                      "path": (fs0.samples[s].sample.meta.get("source_path") if fs0.samples[s].sample is not None
                               else None), "n_spots": fs0.samples[s].n_spots} for s in samples],
-        "notes": list(plan.notes),
+        "notes": list(plan.notes) + [n for n in map(skip_path_note, cvs.values()) if n],
         "split": plan.to_dict(),
         "encoders": {e: {"weights_id": fs.provenance["weights_id"], "config_hash": fs.provenance["encoder_config_hash"],
                          "cache_dir": str(Path(fs.cache_dir).resolve()) if fs.cache_dir is not None else None}
@@ -128,7 +132,7 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
         "top_k_note": (f"mean_r_top{metric_top_k}_hvg / _hex: mean r over the {metric_top_k} target genes with the "
                        "highest variance / mean of log1p(cp10k) on the fold's training spots"),
         "heads": dict(heads or {}),
-        "k_neighbors": k_neighbors, "neighbor_mean": neighbor_mean, "seed": seed,
+        "k_neighbors": k_neighbors, "neighbor_mean": neighbor_mean, "seed": seed, "standardize": standardize,
         "best_model": best.tag,
         "best_model_note": ("the encoder x head with the highest mean held-out r; `stfeat predict` uses it unless "
                             "--head is given. Refit models carry an intercept (hest-ridge's CV numbers follow "

@@ -23,6 +23,7 @@ FAST = {
     "contrastive": {"dim": 32, "hidden": 64, "n_neighbors": 20, "max_epochs": 40, "patience": 8,
                     "device": "cpu"},
     "slide-transformer": {"d_model": 16, "max_epochs": 20, "patience": 5, "device": "cpu"},
+    "ensemble": {"head_params": {"lgbm": {"n_estimators": 60, "n_jobs": 1}, "knn": {"n_neighbors": 10}}},
 }
 
 
@@ -50,7 +51,7 @@ def fitted(data):
 
 def test_registry_and_make_head():
     assert set(HEADS) == {"hest-ridge", "ridge", "lgbm", "mlp", "attention", "knn",
-                          "contrastive", "slide-transformer"}
+                          "contrastive", "slide-transformer", "ensemble"}
     for name, cls in HEADS.items():
         head = make_head(name)
         assert isinstance(head, cls) and head.name == name

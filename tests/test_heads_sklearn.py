@@ -19,6 +19,7 @@ FAST = {
     "mlp": {"hidden": 16, "max_epochs": 5, "patience": 2, "device": "cpu"},
     "attention": {"d_model": 16, "max_epochs": 3, "patience": 2, "device": "cpu"},
     "knn": {"n_neighbors": 3},
+    "ensemble": {"head_params": {"lgbm": {"n_estimators": 10, "n_jobs": 1}, "knn": {"n_neighbors": 3}}},
 }
 
 _COMMON: dict[str, str] = {}

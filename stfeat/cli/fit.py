@@ -41,6 +41,8 @@ def fit_cmd(
     neighbor_mean: Annotated[bool, typer.Option("--neighbor-mean/--no-neighbor-mean", help=_h("neighbor_mean"))]
     = False,
     neighbor_scale: Annotated[Optional[float], typer.Option("--neighbor-scale", help=_h("neighbor_scale"))] = None,
+    standardize: Annotated[str, typer.Option("--standardize", help=_h("standardize") + " One of none, slide.")]
+    = "none",
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help=_h("out_dir"))] = Path("stfeat_fit"),
     seed: Annotated[int, typer.Option("--seed", help=_h("seed"))] = 0,
     metric_top_k: Annotated[int, typer.Option("--metric-top-k", help=_h("metric_top_k"))] = 10,

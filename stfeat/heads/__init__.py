@@ -11,12 +11,15 @@ attention      :class:`AttentionHead` spot token attends to its other scales and
 knn            :class:`KNNHead`       FAISS exemplar retrieval, similarity-weighted average
 contrastive    :class:`ContrastiveHead`  InfoNCE image-expression space, top-k training retrieval
 slide-transformer  :class:`SlideTransformerHead`  transformer over chunks of a section's spots
+ensemble       :class:`EnsembleHead`  stacked heads (default ridge + lgbm + knn), non-negative weights per
+                                      gene from grouped inner-CV out-of-fold predictions
 =============  =====================  =========================================================
 
 Every head: ``fit(X, Y)`` with X (n, d) float features and Y (n, n_genes); ``predict(X)``;
 ``get_params``/``set_params``/``clone``; ``save(dir)``/``load(dir)`` (no pickle, see
 :func:`save_head`). The attention head also takes token arrays (n, T, d) and ``rel_pos``; the slide transformer takes
-``coords_um`` and ``sample_ids``.
+``coords_um`` and ``sample_ids``. Heads whose ``fit`` takes ``groups`` (ridge, lgbm, mlp, ensemble) use them for
+grouped inner validation. The ensemble saves its base heads in sub-folders (``heads/<i>_<name>``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from stfeat.heads._base import BaseHead
 from stfeat.heads._persist import load_head, save_head
 from stfeat.heads.attention import AttentionHead
 from stfeat.heads.contrastive import ContrastiveHead
+from stfeat.heads.ensemble import EnsembleHead
 from stfeat.heads.gbm import LGBMHead
 from stfeat.heads.knn import KNNHead
 from stfeat.heads.hest_ridge import HestRidge
@@ -35,7 +39,7 @@ from stfeat.heads.slide_transformer import SlideTransformerHead
 #: name -> head class
 HEADS: dict[str, type[BaseHead]] = {
     cls.name: cls for cls in (HestRidge, RidgeCVHead, LGBMHead, MLPHead, AttentionHead, KNNHead,
-                ContrastiveHead, SlideTransformerHead)
+                ContrastiveHead, SlideTransformerHead, EnsembleHead)
 }
 
 
@@ -64,7 +68,8 @@ LGBM = LGBMHead
 MLP = MLPHead
 Attention = AttentionHead
 KNN = KNNHead
+Ensemble = EnsembleHead
 
-__all__ = ["RidgeCV", "LGBM", "MLP", "Attention", "KNN", "HEADS", "make_head", "save_head", "load_head", "BaseHead", "HestRidge", "RidgeCVHead",
+__all__ = ["RidgeCV", "LGBM", "MLP", "Attention", "KNN", "Ensemble", "EnsembleHead", "HEADS", "make_head", "save_head", "load_head", "BaseHead", "HestRidge", "RidgeCVHead",
            "LGBMHead", "MLPHead", "AttentionHead", "KNNHead", "ContrastiveHead",
            "SlideTransformerHead"]

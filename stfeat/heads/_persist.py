@@ -6,6 +6,8 @@ Layout of a saved head (a folder)::
                          "params": get_params(), "meta": fitted scalars, "stfeat_version": ...}
     arrays.safetensors  fitted arrays (coefficients, scalers, torch state_dict tensors)
     text_<key>.txt      text state (LightGBM model dumps), one file per key
+    heads/<key>/        sub-heads of a composite head (the ensemble's base heads), each saved the same way;
+                        head.json lists their keys under "children"
 
 Loading looks the class up by name in :data:`stfeat.heads.HEADS` (never an arbitrary import path),
 builds it from its parameters and restores the arrays: nothing in the folder is executed. Heads also
@@ -68,10 +70,13 @@ def save_head(head, path) -> Path:
     check_is_fitted(head, head._fitted_attr)
     path = Path(path)
     meta, arrays, texts = head._get_state()
+    children = head._children() if hasattr(head, "_children") else {}
     params = _jsonable(head.get_params(deep=False))
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "head": head.name,
            "class": type(head).__name__, "params": params, "meta": _jsonable(meta),
            "stfeat_version": stfeat.__version__}
+    if children:
+        doc["children"] = list(children)
     try:
         json.dumps(doc)
     except TypeError as err:
@@ -86,6 +91,8 @@ def save_head(head, path) -> Path:
     save_file(arrays, str(tmp / "arrays.safetensors"))
     for key, text in texts.items():
         (tmp / f"text_{key}.txt").write_text(text)
+    for key, child in children.items():
+        save_head(child, tmp / "heads" / key)
     (tmp / "head.json").write_text(json.dumps(doc, indent=1))
     if path.exists():
         old = path.with_name(path.name + ".old")
@@ -146,6 +153,16 @@ def load_head(path):
         raise InputError(path, "has no arrays.safetensors (incomplete save).", "save the head again.")
     arrays = load_file(str(arrays_file))
     texts = {p.name[len("text_"):-len(".txt")]: p.read_text() for p in path.glob("text_*.txt")}
-    head = HEADS[name](**doc["params"])
+    # JSON has no tuples: a parameter whose default is a tuple (the ensemble's heads) comes back as one
+    defaults = HEADS[name]().get_params(deep=False)
+    params = {k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v
+              for k, v in doc["params"].items()}
+    head = HEADS[name](**params)
     head._set_state(doc["meta"], arrays, texts)
+    keys = doc.get("children") or []
+    if keys or hasattr(head, "_set_children"):
+        if not all(isinstance(k, str) and k and "/" not in k and "\\" not in k and not k.startswith(".")
+                   for k in keys):
+            raise InputError(meta_file, f"lists invalid sub-head folders {keys!r}.", "save the head again.")
+        head._set_children({k: load_head(path / "heads" / k) for k in keys})
     return head

@@ -321,7 +321,7 @@ def raster_map(values: np.ndarray, coords_px: np.ndarray, step_px: float, thumb=
     aspect = (h / w) if w else 1.0
     fig, axes = _figure((panel_in * ncol, max(2.0, panel_in * min(aspect, 2.0)) * nrow + 0.3), nrow, ncol)
     cell = f"{r.cell_px * um_per_px:.3g} um" if um_per_px else f"{r.cell_px:.3g} px"
-    note = (f"; averaged down {r.factor}x to {w}x{h} cells of {cell}" if r.factor > 1 else f"; {cell} cells")
+    note = (f"; averaged down {r.factor}x to {w}x{h} pixels of {cell}" if r.factor > 1 else f"; {cell} pixels")
     left, right, bottom, top = r.extent
     pad = 0.03 * max(right - left, bottom - top)
     for j, name in enumerate(names):

@@ -206,7 +206,7 @@ def _value_range(v: np.ndarray, vmin: float | None, vmax: float | None) -> tuple
 
 
 def rasterize(values: np.ndarray, coords_px: np.ndarray, step_px: float, *,
-              max_side: int = RASTER_MAX_SIDE) -> Raster:
+              max_side: int = RASTER_MAX_SIDE, fill: int = 0) -> Raster:
     """Paint point values on a square grid of side ``step_px`` (level-0 px): the mean of the points per cell.
 
     The grid is anchored on the points' smallest x and y, each cell centred on a lattice node
@@ -214,7 +214,7 @@ def rasterize(values: np.ndarray, coords_px: np.ndarray, step_px: float, *,
     ``step_px`` = the bin side, prediction grids with their step) every point gets its own cell and the
     image is exact. For irregular points (cells) ``step_px`` is the pixel size chosen for the map, and a
     pixel shows the mean of the cells whose centre falls in it (no interpolation: a pixel without a
-    cell stays empty). Cells without a point are NaN. When the grid would exceed ``max_side`` cells on
+    cell stays empty, unless ``fill``). Cells without a point are NaN. When the grid would exceed ``max_side`` cells on
     a side, it is coarsened by the smallest whole factor that fits (each raster cell = the mean of
     ``factor x factor`` lattice cells), so memory stays bounded whatever the number of points.
 
@@ -228,6 +228,10 @@ def rasterize(values: np.ndarray, coords_px: np.ndarray, step_px: float, *,
         (n, 2) point centres (x, y) in level-0 px.
     step_px
         Lattice step (bin side, grid step) or chosen pixel size, in level-0 px.
+    fill
+        For irregular points: an empty cell within ``fill`` cells of a point takes the mean of the points
+        in its ``(2 fill + 1)``-cell square (a normalised box filter), so gaps between cell centres do not
+        speckle the map; cells holding a point keep their own mean. 0 (the default, for lattices): none.
 
     Raises
     ------
@@ -248,10 +252,15 @@ def rasterize(values: np.ndarray, coords_px: np.ndarray, step_px: float, *,
     if not np.isfinite(xy).all():
         raise InputError(None, f"{int((~np.isfinite(xy)).any(axis=1).sum())} point(s) have a non-finite position.",
                          "drop those rows before mapping.")
-    step = float(step_px) if np.ndim(step_px) == 0 else float("nan")
+    try:
+        step = float(step_px)
+    except (TypeError, ValueError):
+        step = float("nan")
     if not (np.isfinite(step) and step > 0):
         raise InputError(None, f"the raster step must be a positive number of pixels, got {step_px!r}.",
                          "pass the bin size or grid step in level-0 px (micrometres / um_per_px).")
+    if int(fill) < 0:
+        raise InputError(None, f"fill must be 0 or more cells, got {fill!r}.", "pass 0 (lattices) or 1 (cells).")
     if int(max_side) < 1:
         raise InputError(None, f"max_side must be at least 1, got {max_side!r}.", "pass a few thousand at most.")
     lo = xy.min(axis=0)
@@ -273,8 +282,16 @@ def rasterize(values: np.ndarray, coords_px: np.ndarray, step_px: float, *,
         else:
             s = np.bincount(flat[ok], weights=col[ok], minlength=size)
             c = np.bincount(flat[ok], minlength=size)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            grid[..., j] = np.where(c > 0, s / np.maximum(c, 1), np.nan).reshape(n_y, n_x)
+        s, c = s.reshape(n_y, n_x), c.reshape(n_y, n_x).astype(np.float64)
+        mean = np.where(c > 0, s / np.maximum(c, 1), np.nan)
+        if fill and (c == 0).any():
+            from scipy.ndimage import uniform_filter
+
+            k = 2 * int(fill) + 1  # both sums are divided by the same window size: their ratio is the mean
+            s_k, c_k = uniform_filter(s, k, mode="constant"), uniform_filter(c, k, mode="constant")
+            near = (c == 0) & (c_k > 0.5 / k**2)  # a point in the window gives >= 1 / k**2
+            mean[near] = s_k[near] / c_k[near]
+        grid[..., j] = mean
     return Raster(grid=grid, count=count.reshape(n_y, n_x), left=float(lo[0] - step / 2),
                   top=float(lo[1] - step / 2), cell_px=step * factor, factor=factor)
 
@@ -282,7 +299,7 @@ def rasterize(values: np.ndarray, coords_px: np.ndarray, step_px: float, *,
 def raster_map(values: np.ndarray, coords_px: np.ndarray, step_px: float, thumb=None, *,
                genes: Sequence[str] | None = None, title: str = "", um_per_px: float | None = None,
                cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
-               max_side: int = RASTER_MAX_SIDE, ncols: int = 3, panel_in: float = 5.0, dpi: int = 150,
+               max_side: int = RASTER_MAX_SIDE, fill: int = 0, ncols: int = 3, panel_in: float = 5.0, dpi: int = 150,
                save: str | Path | None = None, show: bool = False):
     """Dense point values drawn as an image (one panel per gene) over the H&E thumbnail, with colour bars.
 
@@ -304,11 +321,13 @@ def raster_map(values: np.ndarray, coords_px: np.ndarray, step_px: float, thumb=
         Panel names (default ``value``, ``value 1``, ...).
     um_per_px
         Level-0 micrometres per px: titles give the raster cell in micrometres.
+    max_side, fill
+        As in :func:`rasterize` (``fill=1`` for cells).
     """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    r = rasterize(values, coords_px, step_px, max_side=max_side)
+    r = rasterize(values, coords_px, step_px, max_side=max_side, fill=fill)
     g = r.grid.shape[2]
     names = list(genes) if genes is not None else (["value"] if g == 1 else [f"value {j}" for j in range(g)])
     if len(names) != g:
@@ -322,6 +341,7 @@ def raster_map(values: np.ndarray, coords_px: np.ndarray, step_px: float, thumb=
     fig, axes = _figure((panel_in * ncol, max(2.0, panel_in * min(aspect, 2.0)) * nrow + 0.3), nrow, ncol)
     cell = f"{r.cell_px * um_per_px:.3g} um" if um_per_px else f"{r.cell_px:.3g} px"
     note = (f"; averaged down {r.factor}x to {w}x{h} pixels of {cell}" if r.factor > 1 else f"; {cell} pixels")
+    note += f", gaps up to {int(fill)} px filled" if fill else ""
     left, right, bottom, top = r.extent
     pad = 0.03 * max(right - left, bottom - top)
     for j, name in enumerate(names):

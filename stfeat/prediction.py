@@ -95,28 +95,30 @@ def tissue_grid(sample: Any, step_um: float, *, max_points: int = 500_000) -> tu
 MAP_GENES = 6  # genes mapped: those of highest predicted variance
 
 
-def map_step_px(sample: Any, coords_px: np.ndarray, grid_um: float | None) -> tuple[float | None, str]:
-    """How the prediction map is drawn: ``(raster step in level-0 px, description)`` for dense points,
-    ``(None, description)`` for spots (one scatter marker each).
+def map_step_px(sample: Any, coords_px: np.ndarray, grid_um: float | None) -> tuple[float | None, int, str]:
+    """How the prediction map is drawn: ``(raster step in level-0 px, fill, description)`` for dense points,
+    ``(None, 0, description)`` for spots (one scatter marker each); ``fill`` as in :func:`stfeat.pl.rasterize`.
 
     Dense is extraction's rule (:data:`stfeat.dense.AUTO_DENSE_SPACING_UM`): points closer than 50 um
     (Visium HD bins, Xenium cells), and every ``--grid`` prediction. The raster step is the grid step,
     else the bin size the reader recorded (Visium HD), else the points' median nearest-neighbour spacing
-    (cells: about one cell per map pixel, each pixel the mean of the cells centred in it).
+    (cells: each map pixel the mean of the cells centred in it; an empty pixel next to cells takes the
+    mean of its 3 x 3 neighbourhood, ``fill=1``, so the gaps between cell centres do not speckle the map).
     """
     from stfeat.dense import AUTO_DENSE_SPACING_UM, median_spacing_um
 
     um = float(sample.um_per_px)
     if grid_um is not None:
-        return float(grid_um) / um, f"raster: the {float(grid_um):g} um prediction grid"
+        return float(grid_um) / um, 0, f"raster: the {float(grid_um):g} um prediction grid"
     spacing = median_spacing_um(np.asarray(coords_px, dtype=np.float64) * um)
     if not spacing <= AUTO_DENSE_SPACING_UM:
-        return None, f"scatter: spots {spacing:.0f} um apart (> {AUTO_DENSE_SPACING_UM:g} um)"
+        return None, 0, f"scatter: spots {spacing:.0f} um apart (> {AUTO_DENSE_SPACING_UM:g} um)"
     bin_um = sample.meta.get("bin_size_um")
     if bin_um:
-        return float(bin_um) / um, f"raster: {float(bin_um):g} um bins"
-    return spacing / um, (f"raster: points {spacing:.1f} um apart (<= {AUTO_DENSE_SPACING_UM:g} um), "
-                          f"{spacing:.1f} um map pixels, each the mean of the points centred in it")
+        return float(bin_um) / um, 0, f"raster: {float(bin_um):g} um bins"
+    return spacing / um, 1, (f"raster: points {spacing:.1f} um apart (<= {AUTO_DENSE_SPACING_UM:g} um), "
+                             f"{spacing:.1f} um map pixels, each the mean of the points centred in it, "
+                             "gaps of one pixel filled from their neighbours")
 
 
 def gene_map_paths(out: Path, genes: list[str]) -> dict[str, Path]:
@@ -136,7 +138,7 @@ def gene_map_paths(out: Path, genes: list[str]) -> dict[str, Path]:
 
 
 def _write_maps(s: Any, coords: np.ndarray, P: np.ndarray, genes: list[str], order: list[int], out: Path,
-                step_px: float | None, files: dict[str, Path], *, title: str) -> None:
+                step_px: float | None, fill: int, files: dict[str, Path], *, title: str) -> None:
     """``OUT.png`` (the top genes, one panel each) and, for dense points, ``OUT.GENE.png`` per gene."""
     from stfeat import pl
 
@@ -147,10 +149,10 @@ def _write_maps(s: Any, coords: np.ndarray, P: np.ndarray, genes: list[str], ord
         return
     um = float(s.um_per_px)
     pl.raster_map(P[:, order], coords, step_px, thumb, genes=[f"{g} predicted" for g in names], title=title,
-                  um_per_px=um, max_side=1000, panel_in=4.0, dpi=110, save=out.with_suffix(".png"))
+                  um_per_px=um, max_side=1000, fill=fill, panel_in=4.0, dpi=110, save=out.with_suffix(".png"))
     for i, g in zip(order, names):
         pl.raster_map(P[:, i], coords, step_px, thumb, genes=[f"{g} predicted"], title=title, um_per_px=um,
-                      save=files[g])
+                      fill=fill, save=files[g])
     log.info("maps: %s and %d per-gene maps %s.GENE.png", out.with_suffix(".png"), len(files), out.stem)
 
 
@@ -313,7 +315,7 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         order = [int(i) for i in np.argsort(-np.var(P, axis=0), kind="stable")[:MAP_GENES]]
-        step_px, style = map_step_px(s, np.asarray(a.obsm["spatial"]), grid_um)
+        step_px, fill, style = map_step_px(s, np.asarray(a.obsm["spatial"]), grid_um)
         files = gene_map_paths(out, [genes[i] for i in order]) if plot and step_px is not None else {}
         if plot:
             a.uns["stfeat"]["map"] = style
@@ -322,7 +324,7 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
         a.write_h5ad(tmp)
         os.replace(tmp, out)
         if plot:
-            _write_maps(s, np.asarray(a.obsm["spatial"]), P, genes, order, out, step_px, files,
+            _write_maps(s, np.asarray(a.obsm["spatial"]), P, genes, order, out, step_px, fill, files,
                         title=f"{s.sample_id}: {model.encoder} / {model.head}"
                               + (f", grid {grid_um:g} um" if grid_um else ""))
     return a

@@ -61,6 +61,18 @@ def test_cells_average_per_pixel_and_nan_values_are_left_out():
     assert np.isnan(r.grid[1]).all() and np.isnan(r.grid[0, 1]).all()
 
 
+def test_fill_paints_gaps_next_to_cells_only():
+    xy = np.array([[0.0, 0.0], [20.0, 0.0], [60.0, 0.0]])  # pixels 0, 2 and 6 of a 10 px grid
+    r = pl.rasterize(np.array([1.0, 3.0, 8.0]), xy, 10.0, fill=1)
+    row = r.grid[0, :, 0]
+    np.testing.assert_allclose(row[[0, 2, 6]], [1.0, 3.0, 8.0])  # own pixels keep their own values
+    np.testing.assert_allclose(row[[1, 3, 5]], [2.0, 3.0, 8.0])  # a gap takes the mean of its 3 x 3 window
+    assert np.isnan(row[4])  # farther than one pixel from any point: still empty
+    assert r.count[0, 1] == 0  # counts stay the points' own
+    with pytest.raises(InputError, match="fill"):
+        pl.rasterize(np.ones(3), xy, 10.0, fill=-1)
+
+
 def test_a_lattice_too_fine_for_max_side_is_averaged_down_and_says_so():
     ii, jj, xy = _lattice(10, 7, 4.0, origin=(0.0, 0.0))
     vals = ii.astype(float)
@@ -81,6 +93,7 @@ def test_bad_input_is_an_input_error():
         (np.ones(3), np.array([[0, 0], [np.nan, 1], [2, 2]]), 1.0, "non-finite position"),
         (np.ones(3), xy, 0.0, "positive number"),
         (np.ones(3), xy, float("nan"), "positive number"),
+        (np.ones(3), xy, "8um", "positive number"),
     ]:
         with pytest.raises(InputError, match=what) as e:
             pl.rasterize(vals, coords, step)
@@ -121,18 +134,18 @@ def test_map_style_follows_extraction_s_density_rule(tmp_path):
     from stfeat.prediction import map_step_px
 
     spots, _ = toy_sample("S1", "S", n_side=4)  # 100 um pitch: spots
-    step, how = map_step_px(spots, spots.coords, None)
+    step, fill, how = map_step_px(spots, spots.coords, None)
     assert step is None and how.startswith("scatter")
-    step, how = map_step_px(spots, spots.coords, 25.0)  # a grid is always a lattice
-    assert step == 50.0 and "grid" in how
+    step, fill, how = map_step_px(spots, spots.coords, 25.0)  # a grid is always a lattice
+    assert step == 50.0 and fill == 0 and "grid" in how
     make_visium_hd(tmp_path / "HD", bins=(16,))
     hd = read_sample(tmp_path / "HD" / "outs", bin_size_um=16)
-    step, how = map_step_px(hd, hd.coords, None)
-    assert step == pytest.approx(16 / 0.5) and "16 um bins" in how
+    step, fill, how = map_step_px(hd, hd.coords, None)
+    assert step == pytest.approx(16 / 0.5) and fill == 0 and "16 um bins" in how
     make_xenium(tmp_path / "XE", n_cells=80)
     xe = read_sample(tmp_path / "XE" / "outs")
-    step, how = map_step_px(xe, xe.coords, None)
-    assert step is not None and 0 < step * xe.um_per_px <= 50 and "mean of the points" in how
+    step, fill, how = map_step_px(xe, xe.coords, None)
+    assert step is not None and 0 < step * xe.um_per_px <= 50 and fill == 1 and "mean of the points" in how
 
 
 def test_predict_on_visium_hd_bins_writes_per_gene_raster_pngs(tmp_path):

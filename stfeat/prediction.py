@@ -315,9 +315,10 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         order = [int(i) for i in np.argsort(-np.var(P, axis=0), kind="stable")[:MAP_GENES]]
-        step_px, fill, style = map_step_px(s, np.asarray(a.obsm["spatial"]), grid_um)
-        files = gene_map_paths(out, [genes[i] for i in order]) if plot and step_px is not None else {}
-        if plot:
+        step_px, fill, style, files = None, 0, "", {}
+        if plot:  # decided before the h5ad is written, so it records which maps go with it
+            step_px, fill, style = map_step_px(s, np.asarray(a.obsm["spatial"]), grid_um)
+            files = gene_map_paths(out, [genes[i] for i in order]) if step_px is not None else {}
             a.uns["stfeat"]["map"] = style
             a.uns["stfeat"]["map_files"] = ", ".join([out.with_suffix(".png").name] + [p.name for p in files.values()])
         tmp = out.with_name(out.stem + ".tmp.h5ad")

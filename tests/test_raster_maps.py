@@ -190,5 +190,6 @@ def test_gene_map_names_are_safe_and_distinct(tmp_path):
 
     p = gene_map_paths(tmp_path / "x.h5ad", ["A/B", "A:B", "..", "HLA-A", "a b"])
     names = [v.name for v in p.values()]
-    assert names == ["x.A_B.png", "x.A_B_2.png", "x.gene.png", "x.HLA-A.png", "x.a_b_3.png"]  # case-insensitive file systems
+    # "a b" -> a_b_3: on a case-insensitive file system a_b would overwrite A_B
+    assert names == ["x.A_B.png", "x.A_B_2.png", "x.gene.png", "x.HLA-A.png", "x.a_b_3.png"]
     assert all(v.parent == tmp_path for v in p.values())

@@ -96,6 +96,71 @@ def tissue_grid(sample: Any, step_um: float, *, max_points: int = 500_000) -> tu
     return pts, how
 
 
+# ------------------------------------------------------------------------------------------ maps
+MAP_GENES = 6  # genes mapped: those of highest predicted variance
+
+
+def map_step_px(sample: Any, coords_px: np.ndarray, grid_um: float | None) -> tuple[float | None, int, str]:
+    """How the prediction map is drawn: ``(raster step in level-0 px, fill, description)`` for dense points,
+    ``(None, 0, description)`` for spots (one scatter marker each); ``fill`` as in :func:`stfeat.pl.rasterize`.
+
+    Dense is extraction's rule (:data:`stfeat.dense.AUTO_DENSE_SPACING_UM`): points closer than 50 um
+    (Visium HD bins, Xenium cells), and every ``--grid`` prediction. The raster step is the grid step,
+    else the bin size the reader recorded (Visium HD), else the points' median nearest-neighbour spacing
+    (cells: each map pixel the mean of the cells centred in it; an empty pixel next to cells takes the
+    mean of its 3 x 3 neighbourhood, ``fill=1``, so the gaps between cell centres do not speckle the map).
+    """
+    from stfeat.dense import AUTO_DENSE_SPACING_UM, median_spacing_um
+
+    um = float(sample.um_per_px)
+    if grid_um is not None:
+        return float(grid_um) / um, 0, f"raster: the {float(grid_um):g} um prediction grid"
+    spacing = median_spacing_um(np.asarray(coords_px, dtype=np.float64) * um)
+    if not spacing <= AUTO_DENSE_SPACING_UM:
+        return None, 0, f"scatter: spots {spacing:.0f} um apart (> {AUTO_DENSE_SPACING_UM:g} um)"
+    bin_um = sample.meta.get("bin_size_um")
+    if bin_um:
+        return float(bin_um) / um, 0, f"raster: {float(bin_um):g} um bins"
+    return spacing / um, 1, (f"raster: points {spacing:.1f} um apart (<= {AUTO_DENSE_SPACING_UM:g} um), "
+                             f"{spacing:.1f} um map pixels, each the mean of the points centred in it, "
+                             "gaps of one pixel filled from their neighbours")
+
+
+def gene_map_paths(out: Path, genes: list[str]) -> dict[str, Path]:
+    """``{gene: OUT_STEM.GENE.png}`` beside ``out``; characters unsafe in file names become ``_``."""
+    import re
+
+    paths: dict[str, Path] = {}
+    used: set[str] = set()
+    for g in genes:
+        safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(g)).strip(".") or "gene"
+        name, k = safe, 2
+        while name.lower() in used:  # two genes that differ only in unsafe characters (or case)
+            name, k = f"{safe}_{k}", k + 1
+        used.add(name.lower())
+        paths[g] = out.with_name(f"{out.stem}.{name}.png")
+    return paths
+
+
+def _write_maps(s: Any, coords: np.ndarray, P: np.ndarray, genes: list[str], order: list[int], out: Path,
+                step_px: float | None, fill: int, files: dict[str, Path], *, title: str) -> None:
+    """``OUT.png`` (the top genes, one panel each) and, for dense points, ``OUT.GENE.png`` per gene."""
+    from stfeat import pl
+
+    names = [genes[i] for i in order]
+    thumb = pl.sample_thumbnail(s)
+    if step_px is None:  # spots: one marker each
+        pl.expression_map(thumb, coords, P[:, order], names, save=out.with_suffix(".png"), title=title)
+        return
+    um = float(s.um_per_px)
+    pl.raster_map(P[:, order], coords, step_px, thumb, genes=[f"{g} predicted" for g in names], title=title,
+                  um_per_px=um, max_side=1000, fill=fill, panel_in=4.0, dpi=110, save=out.with_suffix(".png"))
+    for i, g in zip(order, names):
+        pl.raster_map(P[:, i], coords, step_px, thumb, genes=[f"{g} predicted"], title=title, um_per_px=um,
+                      fill=fill, save=files[g])
+    log.info("maps: %s and %d per-gene maps %s.GENE.png", out.with_suffix(".png"), len(files), out.stem)
+
+
 # ------------------------------------------------------------------------------------------ predict
 def _one_sample(sample: Any):
     from stfeat.io import as_samples
@@ -241,7 +306,10 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
     sample
         One sample: a path, a SampleRef or a Sample.
     out
-        ``.h5ad`` to write (atomically); with ``plot`` a PNG map is written beside it.
+        ``.h5ad`` to write (atomically); with ``plot`` maps are written beside it: ``OUT.png`` (the
+        genes of highest predicted variance, one panel each) and, for dense points (bins, cells, a grid:
+        :func:`map_step_px`), one ``OUT.GENE.png`` per such gene, painted as an image on the points'
+        lattice over the H&E (:func:`stfeat.pl.raster_map`); spots are drawn as markers.
     grid_um
         Grid step in micrometres: predict on a grid over the tissue instead of at the spots.
     cache_dir
@@ -309,15 +377,18 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        order = [int(i) for i in np.argsort(-np.var(P, axis=0), kind="stable")[:MAP_GENES]]
+        step_px, fill, style, files = None, 0, "", {}
+        if plot:  # decided before the h5ad is written, so it records which maps go with it
+            step_px, fill, style = map_step_px(s, np.asarray(a.obsm["spatial"]), grid_um)
+            files = gene_map_paths(out, [genes[i] for i in order]) if step_px is not None else {}
+            a.uns["stfeat"]["map"] = style
+            a.uns["stfeat"]["map_files"] = ", ".join([out.with_suffix(".png").name] + [p.name for p in files.values()])
         tmp = out.with_name(out.stem + ".tmp.h5ad")
         a.write_h5ad(tmp)
         os.replace(tmp, out)
         if plot:
-            from stfeat import pl
-
-            order = np.argsort(-np.var(P, axis=0))[:6]
-            pl.expression_map(pl.sample_thumbnail(s), np.asarray(a.obsm["spatial"]), P[:, order],
-                              [genes[i] for i in order], save=out.with_suffix(".png"),
-                              title=f"{s.sample_id}: {model.encoder} / {model.head}"
-                                    + (f", grid {grid_um:g} um" if grid_um else ""))
+            _write_maps(s, np.asarray(a.obsm["spatial"]), P, genes, order, out, step_px, fill, files,
+                        title=f"{s.sample_id}: {model.encoder} / {model.head}"
+                              + (f", grid {grid_um:g} um" if grid_um else ""))
     return a

@@ -54,3 +54,8 @@ def test_extract_fit_predict_grid(tmp_path):
     # equal: grid features are rounded to the cache dtype the model was fitted on
     np.testing.assert_allclose(g.X[gi], spots.X[spot_idx], rtol=0, atol=1e-4)
     assert (tmp_path / "grid.png").stat().st_size > 1000
+    # a grid is dense: its maps are rasters, one PNG per mapped gene besides the overview; spots keep markers
+    per_gene = sorted(p.name for p in tmp_path.glob("grid.*.png"))
+    assert per_gene == sorted(f"grid.{gene}.png" for gene in g.var_names)  # 5 genes, all among the top 6
+    assert g.uns["stfeat"]["map"] == "raster: the 50 um prediction grid" and "grid.png" in res.output
+    assert spots.uns["stfeat"]["map"].startswith("scatter") and not list(tmp_path.glob("C1.*.png"))

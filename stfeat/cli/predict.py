@@ -48,5 +48,6 @@ def predict_cmd(
     a = call("predict", opts)
     save_resolved_config(ctx, opts.out.parent, options=opts)
     kind = f"{a.n_obs} grid points every {opts.grid_um:g} um" if opts.grid_um else f"{a.n_obs} spots"
+    maps = a.uns["stfeat"].get("map_files", "")
     typer.echo(f"{a.uns['stfeat']['sample_id']}: predicted {a.n_vars} genes at {kind} -> {opts.out}"
-               + (f" (+ {opts.out.with_suffix('.png')})" if opts.plot else ""))
+               + (f" (+ maps in {opts.out.parent}: {maps})" if opts.plot and maps else ""))

@@ -247,7 +247,7 @@ def compare(samples: Any, *, encoder: str, cache_dir: str | Path, variant: Seque
                                   "standardize": v.standardize} for v in variants},
             "heads": [head_name(h) for h in heads], "head_params": head_params, "genes": genes,
             "transform": transform, "scales_um": None if scales_um is None else [float(s) for s in scales_um],
-            "lopo_folds": [f.to_dict() for f in plan.folds], "seed": seed,
+            "lopo_folds": plan.to_dict()["folds"], "seed": seed,
             "extract_wall_s_this_call": extracted}
     res = CompareResult(table=table, cvs=cvs, provenance=prov, notes=notes)
     if out_dir is not None:

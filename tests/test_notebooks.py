@@ -16,7 +16,7 @@ NAMES = [p.stem for p in NOTEBOOKS]
 
 
 def test_the_notebooks_exist():
-    assert {"00_api", "01_quickstart", "02_ablation_grid", "03_maps"} <= set(NAMES)
+    assert {"00_api", "01_quickstart", "02_ablation_grid", "03_maps", "04_across_patients"} <= set(NAMES)
 
 
 def test_api_notebook_runs_on_synthetic_data(tmp_path, monkeypatch):
@@ -99,3 +99,19 @@ def test_notebook_runs_from_the_demo_caches(name, demo_workspace, tmp_path):  # 
     else:
         assert (tmp_path / "measured_vs_predicted.png").is_file() and (tmp_path / "grid.png").is_file()
         assert "grid points every 50 um" in text
+
+
+def test_across_patients_notebook_runs_on_synthetic_data(tmp_path, monkeypatch):
+    """04: every feature variant x head across two synthetic patients, printed as one table."""
+    for var in ("STFEAT_NB_DATA", "STFEAT_NB_CACHE", "STFEAT_NB_ENCODER", "STFEAT_NB_WEIGHTS", "STFEAT_NB_VARIANTS",
+                "STFEAT_NB_HEADS"):
+        monkeypatch.delenv(var, raising=False)
+    nb = _execute(REPO / "notebooks" / "04_across_patients.ipynb", {"STFEAT_NB_WORK": str(tmp_path)}, tmp_path)
+    text = _outputs(nb)
+    assert "SYNTHETIC DATA" in text and "| variant | head |" in text and "best across patients:" in text
+    for head in ("hest-ridge", "ridge", "lgbm", "attention", "ensemble"):
+        assert f"| {head} |" in text
+    assert "train SYN-P1 -> test SYN-P2" in text and "within SYN-P1 (loso)" in text
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["classical", "classical+d8",
+                                                                       "classical+macenko"]
+    assert (tmp_path / "compare" / "compare.csv").is_file()

@@ -85,6 +85,17 @@ class CVResult:
         return float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
 
     @property
+    def n_predictable(self) -> int:
+        """Genes whose bootstrap interval of held-out r lies above 0."""
+        return 0 if self.predictability is None else int(self.predictability["predictable"].sum())
+
+    @property
+    def coverage(self) -> float:
+        """Empirical coverage of the conformal intervals on the outer test spots (mean over folds)."""
+        c = [row["conformal_coverage"] for row in self.rows if "conformal_coverage" in row]
+        return float(np.mean(c)) if c else float("nan")
+
+    @property
     def r_per_sample(self) -> dict[str, float]:
         """Mean r over genes for each held-out sample."""
         return {t: row[f"r_{t}"] for row in self.rows for t in row["test_samples"].split(";")}
@@ -93,8 +104,8 @@ class CVResult:
         """One row per fold (mean r, median r, MSE, MAE, top-k summaries, test/train samples) + a mean row."""
         import pandas as pd
 
-        cols = ["fold", "test_samples", "train_samples", "n_test_spots", "mean_r", "median_r", "n_genes",
-                "n_nan_genes", "mse", "mae"]
+        cols = ["fold", "test_samples", "train_samples", "n_test_spots", "n_train_spots", "mean_r", "median_r",
+                "n_genes", "n_nan_genes", "mse", "mae", "conformal_nominal", "conformal_coverage", "conformal_width"]
         df = pd.DataFrame(self.rows)
         extra = [c for c in df.columns if c.startswith("mean_r_top")]
         df = df[[c for c in cols + extra if c in df.columns]]

@@ -345,9 +345,10 @@ def evaluation_lines(ev: dict) -> list[str]:
     for tag, m in (ev.get("per_model") or {}).items():
         parts = [f"{m['n_predictable']}/{m['n_genes']} genes predictable (95% bootstrap CI of held-out r > 0)"]
         c = m.get("conformal")
-        if c:
+        if c and c.get("coverage_mean") is not None:
+            width = "unbounded (too few calibration spots)" if c.get("width_mean") is None else f"{c['width_mean']:.3f}"
             parts.append(f"conformal {c['nominal']:.0%} intervals: coverage {c['coverage_mean']:.3f}, "
-                         f"mean width {c['width_mean']:.3f}")
+                         f"mean width {width}")
         out.append(f"{tag}: " + "; ".join(parts))
         for d in m.get("domains") or []:
             words = [f"{d['sample']} k={d['k']}"]

@@ -59,6 +59,17 @@ def _tagged(cvs: dict, attr: str):
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def _finite(x: Any) -> Any:
+    """JSON-safe: non-finite floats (an infinite interval from too few calibration spots, NaN) become None."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
 def evaluation_extras(cvs: dict, best: Any) -> dict:
     """The metrics.json block of the per-gene predictability, conformal intervals and domain agreement."""
     out = {}
@@ -78,7 +89,7 @@ def evaluation_extras(cvs: dict, best: Any) -> dict:
                              for r in conf}},
             "domains": [] if dom is None else json.loads(dom.to_json(orient="records")),
         }
-    return {"per_model": out, "best_model": best.tag,
+    return {"per_model": _finite(out), "best_model": best.tag,
             "predictability_note": ("per gene: held-out r per fold, r_mean = their mean, 95% percentile bootstrap "
                                     "interval over test spots (resampled within folds); predictable = ci_low > 0"),
             "domains_note": ("k-means (seeded) of standardised predicted vs measured expression per held-out sample; "

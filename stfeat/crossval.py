@@ -97,8 +97,13 @@ class CVResult:
 
     @property
     def r_per_sample(self) -> dict[str, float]:
-        """Mean r over genes for each held-out sample."""
-        return {t: row[f"r_{t}"] for row in self.rows for t in row["test_samples"].split(";")}
+        """Mean r over genes for each held-out sample (averaged over the folds that test some of its spots,
+        for blocked splits)."""
+        vals: dict[str, list] = {}
+        for row in self.rows:
+            for t in row["test_samples"].split(";"):
+                vals.setdefault(t, []).append(row[f"r_{t}"])
+        return {t: (float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")) for t, v in vals.items()}
 
     def summary(self):
         """One row per fold (mean r, median r, MSE, MAE, top-k summaries, test/train samples) + a mean row."""

@@ -107,6 +107,8 @@ def test_auto_with_one_sample_is_block_and_says_so(cv_block):
     for r in cv_block.rows:
         assert r["n_train_spots"] + r["n_test_spots"] < 100
     assert cv_block.mean_r > 0.3  # real signal in the toy data
+    # the per-sample r of a blocked split is the mean over the folds (blocks), like the fold mean
+    assert cv_block.r_per_sample["A1"] == pytest.approx(cv_block.mean_r)
 
 
 def test_blocked_gene_choice_uses_training_spots_only(toy3, monkeypatch):

@@ -349,6 +349,9 @@ def evaluation_lines(ev: dict) -> list[str]:
             width = "unbounded (too few calibration spots)" if c.get("width_mean") is None else f"{c['width_mean']:.3f}"
             parts.append(f"conformal {c['nominal']:.0%} intervals: coverage {c['coverage_mean']:.3f}, "
                          f"mean width {width}")
+            if c["coverage_mean"] < c["nominal"] - 0.05:
+                parts.append("coverage BELOW nominal: the held-out spots differ from the calibration spots "
+                             "(e.g. a new patient); widen or recalibrate before trusting the intervals")
         out.append(f"{tag}: " + "; ".join(parts))
         for d in m.get("domains") or []:
             words = [f"{d['sample']} k={d['k']}"]

@@ -85,8 +85,8 @@ def evaluation_extras(cvs: dict, best: Any) -> dict:
                 "nominal": conf[0]["conformal_nominal"], "coverage_mean": cv.coverage,
                 "width_mean": float(np.mean([r["conformal_width"] for r in conf])),
                 "inner": conf[0]["conformal_inner"],
-                "per_fold": {r["fold"]: {"coverage": r["conformal_coverage"], "width": r["conformal_width"]}
-                             for r in conf}},
+                "per_fold": {r["fold"]: {"coverage": r["conformal_coverage"], "width": r["conformal_width"],
+                                         "inner": r["conformal_inner"]} for r in conf}},
             "domains": [] if dom is None else json.loads(dom.to_json(orient="records")),
         }
     return {"per_model": _finite(out), "best_model": best.tag,

@@ -336,32 +336,9 @@ def fit_summary(res: Any) -> list[str]:
              f"transform: {res.metrics['transform']}",
              "mean Pearson r per held-out sample (columns) and mean over folds:",
              res.comparison.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+    from stfeat.report import evaluation_lines
+
     return lines + evaluation_lines(res.metrics.get("evaluation") or {})
-
-
-def evaluation_lines(ev: dict) -> list[str]:
-    """Per model: predictable genes, conformal coverage and width, domain agreement (ARI/NMI)."""
-    out = []
-    for tag, m in (ev.get("per_model") or {}).items():
-        parts = [f"{m['n_predictable']}/{m['n_genes']} genes predictable (95% bootstrap CI of held-out r > 0)"]
-        c = m.get("conformal")
-        if c and c.get("coverage_mean") is not None:
-            width = "unbounded (too few calibration spots)" if c.get("width_mean") is None else f"{c['width_mean']:.3f}"
-            parts.append(f"conformal {c['nominal']:.0%} intervals: coverage {c['coverage_mean']:.3f}, "
-                         f"mean width {width}")
-            if c["coverage_mean"] < c["nominal"] - 0.05:
-                parts.append("coverage BELOW nominal: the held-out spots differ from the calibration spots "
-                             "(e.g. a new patient); widen or recalibrate before trusting the intervals")
-        out.append(f"{tag}: " + "; ".join(parts))
-        for d in m.get("domains") or []:
-            words = [f"{d['sample']} k={d['k']}"]
-            if d.get("ari_pred_vs_measured") is not None:
-                words.append(f"ARI/NMI pred vs measured {d['ari_pred_vs_measured']:.2f}/{d['nmi_pred_vs_measured']:.2f}")
-            if d.get("ari_pred_vs_labels") is not None:
-                words.append(f"vs region labels {d['ari_pred_vs_labels']:.2f}/{d['nmi_pred_vs_labels']:.2f} "
-                             f"(measured vs labels {d['ari_measured_vs_labels']:.2f}/{d['nmi_measured_vs_labels']:.2f})")
-            out.append("  domains " + ", ".join(words))
-    return out
 
 
 def command_line(opts: Any, keys: Iterable[str] = ()) -> str:

@@ -119,6 +119,31 @@ def metrics_table(cvs: dict):
     return pd.concat([df, pd.DataFrame(mean_rows)], ignore_index=True)
 
 
+def evaluation_lines(ev: dict) -> list[str]:
+    """Per model: predictable genes, conformal coverage and width, domain agreement (ARI/NMI)."""
+    out = []
+    for tag, m in (ev.get("per_model") or {}).items():
+        parts = [f"{m['n_predictable']}/{m['n_genes']} genes predictable (95% bootstrap CI of held-out r > 0)"]
+        c = m.get("conformal")
+        if c and c.get("coverage_mean") is not None:
+            width = "unbounded (too few calibration spots)" if c.get("width_mean") is None else f"{c['width_mean']:.3f}"
+            parts.append(f"conformal {c['nominal']:.0%} intervals: coverage {c['coverage_mean']:.3f}, "
+                         f"mean width {width}")
+            if c["coverage_mean"] < c["nominal"] - 0.05:
+                parts.append("coverage BELOW nominal: the held-out spots differ from the calibration spots "
+                             "(e.g. a new patient); widen or recalibrate before trusting the intervals")
+        out.append(f"{tag}: " + "; ".join(parts))
+        for d in m.get("domains") or []:
+            words = [f"{d['sample']} k={d['k']}"]
+            if d.get("ari_pred_vs_measured") is not None:
+                words.append(f"ARI/NMI pred vs measured {d['ari_pred_vs_measured']:.2f}/{d['nmi_pred_vs_measured']:.2f}")
+            if d.get("ari_pred_vs_labels") is not None:
+                words.append(f"vs region labels {d['ari_pred_vs_labels']:.2f}/{d['nmi_pred_vs_labels']:.2f} "
+                             f"(measured vs labels {d['ari_measured_vs_labels']:.2f}/{d['nmi_measured_vs_labels']:.2f})")
+            out.append("  domains " + ", ".join(words))
+    return out
+
+
 def _prepare(out_dir: Path) -> Path:
     """A fresh temporary folder beside ``out_dir``; refuses to replace a folder that is not a fit output."""
     if out_dir.is_symlink():

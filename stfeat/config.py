@@ -334,12 +334,17 @@ def fit_summary(res: Any) -> list[str]:
     from stfeat.crossval import skip_path_note
 
     split_info = res.metrics["split"]
-    over = "sections" if split_info["mode"] == "loso" else split_info["group_kind"] + "s"
+    mode = split_info["mode"]
+    over = ("sections" if mode == "loso" else "spots within sections (does NOT measure generalisation to new "
+            "patients)" if mode.startswith("block") else split_info["group_kind"] + "s")
+    lines = [f"split: {mode} over {over}; genes: {res.metrics['genes']['description']}; "
+             f"transform: {res.metrics['transform']}",
+             "mean Pearson r per held-out sample (columns) and mean over folds:",
+             res.comparison.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+    from stfeat.report import evaluation_lines
+
     skip = [n for n in map(skip_path_note, getattr(res, "cv", {}).values()) if n]
-    return [f"split: {split_info['mode']} over {over}; genes: {res.metrics['genes']['description']}; "
-            f"transform: {res.metrics['transform']}",
-            "mean Pearson r per held-out sample (columns) and mean over folds:",
-            res.comparison.to_string(index=False, float_format=lambda v: f"{v:.3f}"), *skip]
+    return lines + skip + evaluation_lines(res.metrics.get("evaluation") or {})
 
 
 def command_line(opts: Any, keys: Iterable[str] = ()) -> str:

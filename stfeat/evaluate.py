@@ -8,7 +8,11 @@ train and test:
 * ``loso``: leave one section out. Allowed only when sections cannot leak a patient: when there are
   no patient ids, or when all sections come from one single patient (then it is the only possible
   split and every output says loudly that it does NOT test generalisation across patients).
-* ``auto``: ``lopo`` with two or more patients; ``loso`` otherwise (with the warnings above).
+* ``block`` / ``block:K``: spatially blocked folds WITHIN sections (:mod:`stfeat.blocks`): K contiguous
+  blocks of spots (default 5), training spots within a buffer of the test block dropped. It does NOT
+  measure generalisation to new patients, and every output says so.
+* ``auto``: ``lopo`` with two or more patients; ``loso`` otherwise (with the warnings above); ``block``
+  with a single sample.
 
 Without patient ids the groups are the sections (sample ids), and that is logged and recorded.
 
@@ -30,7 +34,7 @@ from stfeat.errors import InputError
 
 log = logging.getLogger(__name__)
 
-SPLIT_MODES = ("auto", "lopo", "group-kfold", "loso")
+SPLIT_MODES = ("auto", "lopo", "group-kfold", "loso", "block")
 
 
 class LeakageError(AssertionError):
@@ -39,11 +43,24 @@ class LeakageError(AssertionError):
 
 @dataclass
 class Fold:
-    """One outer fold: sample ids to train on and to test on."""
+    """One outer fold: sample ids to train on and to test on.
+
+    ``train_masks`` / ``test_masks`` (spot-level folds, split ``block``): sample id -> boolean mask over
+    the sample's spots; a sample without a mask uses all its spots.
+    """
 
     name: str
     train: list[str]
     test: list[str]
+    train_masks: dict | None = None
+    test_masks: dict | None = None
+
+    def spots(self, side: str, sample_id: str, n: int) -> np.ndarray:
+        """Boolean mask of the spots of ``sample_id`` on ``side`` ("train" or "test")."""
+        masks = self.train_masks if side == "train" else self.test_masks
+        if masks is None or sample_id not in masks:
+            return np.ones(n, bool)
+        return np.asarray(masks[sample_id], bool)
 
 
 @dataclass
@@ -63,7 +80,10 @@ class SplitPlan:
             "requested": self.requested,
             "group_kind": self.group_kind,
             "groups": dict(self.groups),
-            "folds": [{"name": f.name, "train": f.train, "test": f.test} for f in self.folds],
+            "folds": [{"name": f.name, "train": f.train, "test": f.test,
+                       **({"n_train_spots": {k: int(v.sum()) for k, v in f.train_masks.items()},
+                           "n_test_spots": {k: int(v.sum()) for k, v in f.test_masks.items()}}
+                          if f.test_masks is not None else {})} for f in self.folds],
             "notes": list(self.notes),
         }
 
@@ -86,21 +106,22 @@ def parse_split(split: str) -> tuple[str, int | None]:
     """(mode, k) of a split spec; InputError naming the valid forms."""
     mode, _, arg = str(split).strip().lower().partition(":")
     if mode not in SPLIT_MODES:
-        raise InputError(None, f"unknown split {split!r}.", "choose auto, lopo, group-kfold:K or loso.")
-    if mode == "group-kfold":
+        raise InputError(None, f"unknown split {split!r}.", "choose auto, lopo, group-kfold:K, loso or block:K.")
+    if mode in ("group-kfold", "block"):
         try:
             k = int(arg or 5)
         except ValueError:
-            raise InputError(None, f"split {split!r}: the fold count must be an integer.", "write e.g. group-kfold:5.") from None
+            raise InputError(None, f"split {split!r}: the fold count must be an integer.", f"write e.g. {mode}:5.") from None
         if k < 2:
-            raise InputError(None, f"split {split!r}: group-kfold needs at least 2 folds.", "write e.g. group-kfold:5.")
+            raise InputError(None, f"split {split!r}: {mode} needs at least 2 folds.", f"write e.g. {mode}:5.")
         return mode, k
     if arg:
         raise InputError(None, f"split {split!r}: {mode} takes no argument.", f"write {mode}.")
     return mode, None
 
 
-def make_splits(sample_ids: Sequence[str], patients: Sequence[str | None], split: str = "auto") -> SplitPlan:
+def make_splits(sample_ids: Sequence[str], patients: Sequence[str | None], split: str = "auto", *,
+                coords_um: dict | None = None, seed: int = 0) -> SplitPlan:
     """Outer folds over samples that never put one patient in both train and test.
 
     Parameters
@@ -110,7 +131,11 @@ def make_splits(sample_ids: Sequence[str], patients: Sequence[str | None], split
     patients
         Patient id per sample, ``None`` where unknown.
     split
-        ``auto``, ``lopo``, ``group-kfold:K`` or ``loso``.
+        ``auto``, ``lopo``, ``group-kfold:K``, ``loso`` or ``block[:K]``.
+    coords_um
+        Sample id -> spot coordinates (um); needed by ``block`` (and by ``auto`` with one sample).
+    seed
+        Seed of the k-means blocks.
 
     Returns
     -------
@@ -121,10 +146,13 @@ def make_splits(sample_ids: Sequence[str], patients: Sequence[str | None], split
     if len(set(sample_ids)) != len(sample_ids):
         raise InputError(None, f"duplicated sample ids: {sorted({s for s in sample_ids if sample_ids.count(s) > 1})}.",
                          "give every sample (section) its own id.")
-    if len(sample_ids) < 2:
-        raise InputError(None, "evaluation needs at least two samples (one to train on, one to test on).",
-                         "give two or more samples.")
     mode, k = parse_split(split)
+    if mode == "block" or (mode == "auto" and len(sample_ids) == 1):
+        return block_plan(sample_ids, patients, k or 5, str(split), coords_um, seed)
+    if len(sample_ids) < 2:
+        raise InputError(None, "evaluation across sections needs at least two samples (one to train on, one to "
+                         "test on).", "give two or more samples, or use split block:K (within-section, "
+                         "spatially blocked; it does not measure generalisation to new patients).")
     known = [p for p in patients if p not in (None, "")]
     notes: list[str] = []
     if known and len(known) < len(sample_ids):
@@ -189,6 +217,42 @@ def make_splits(sample_ids: Sequence[str], patients: Sequence[str | None], split
     log.info("split %s over %d %ss: %d folds", resolved, n_groups, group_kind, len(folds))
     return SplitPlan(mode=resolved, requested=str(split), group_kind=group_kind, folds=folds, groups=groups,
                      notes=notes)
+
+
+def block_plan(sample_ids: list[str], patients: Sequence[str | None], k: int, requested: str,
+               coords_um: dict | None, seed: int = 0) -> SplitPlan:
+    """Spatially blocked folds within every section (see :mod:`stfeat.blocks`); fold i tests block i of
+    every section and trains on the other spots outside the buffer."""
+    from stfeat.blocks import WITHIN_SECTION_NOTE, block_masks, check_buffer
+
+    if coords_um is None or any(s not in coords_um for s in sample_ids):
+        raise InputError(None, "split block needs the spot coordinates of every sample.",
+                         "call make_splits(..., coords_um={sample id: coordinates in um}).")
+    per, buffers = {}, {}
+    for s in sample_ids:
+        per[s], buffers[s] = block_masks(coords_um[s], k, seed)
+    folds = []
+    for b in range(k):
+        tr = {s: per[s][b][0] for s in sample_ids}
+        te = {s: per[s][b][1] for s in sample_ids}
+        for s in sample_ids:
+            check_buffer(coords_um[s], tr[s], te[s], buffers[s])
+        if not any(m.any() for m in tr.values()):
+            raise InputError(None, f"block {b}: the buffer leaves no training spot.", "use more blocks (block:K).")
+        folds.append(Fold(f"block{b}", [s for s in sample_ids if tr[s].any()], [s for s in sample_ids if te[s].any()],
+                          train_masks=tr, test_masks=te))
+    buf = ", ".join(f"{s}: {v:.0f} um" for s, v in buffers.items())
+    notes = [WITHIN_SECTION_NOTE,
+             f"block:{k}: {k} contiguous k-means blocks of spots per section; training spots within the buffer "
+             f"(1.5 x spot pitch; {buf}) of a test spot are left out of that fold's training"]
+    if requested.strip().lower() == "auto":
+        notes.insert(0, "split auto with a single sample: spatially blocked folds within the section")
+    for n in notes:
+        log.warning(n)
+    groups = {s: (str(p) if p not in (None, "") else s) for s, p in zip(sample_ids, patients)}
+    known = any(p not in (None, "") for p in patients)
+    return SplitPlan(mode=f"block:{k}", requested=requested, group_kind="patient" if known else "section",
+                     folds=folds, groups=groups, notes=notes)
 
 
 def inner_groups(sample_of_spot: np.ndarray, groups: dict[str, str]) -> np.ndarray:

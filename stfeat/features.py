@@ -363,6 +363,18 @@ class FeatureSet:
             self._targets[key] = target_matrix(self.expression(sample_id), genes, transform)
         return self._targets[key]
 
+    def labels(self, sample_id: str, key: str = "region") -> np.ndarray | None:
+        """Per-spot region labels of one sample (``obs[key]`` of its :class:`stfeat.io.Sample`, e.g. the
+        pathologist's labels the legacy-ST reader attaches), in the features' spot order; None = no labels.
+        Unlabelled spots are None."""
+        sf = self.samples[sample_id]
+        s = sf.sample
+        if s is None or key not in s.adata.obs.columns:
+            return None
+        col = s.adata.obs[key]
+        col = col.astype(object).reindex(np.asarray(sf.barcodes).astype(str))
+        return np.array([None if (v is None or v != v or v == "") else str(v) for v in col], dtype=object)
+
     # ------------------------------------------------------------------------------ bookkeeping
     @property
     def sample_ids(self) -> list[str]:

@@ -102,12 +102,14 @@ def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | P
                genes: str = "hvg:50", transform: str = "log1p_cp10k", split: str = "auto", k_neighbors: int = 8,
                neighbor_mean: bool = False, neighbor_scale: float | str | None = None,
                out_dir: str | Path = "stfeat_fit", seed: int = 0, metric_top_k: int = 10,
-               save_fold_models: bool = False, plots: bool = True, standardize: str = "none") -> FitResult:
+               save_fold_models: bool = False, plots: bool = True, standardize: str = "none",
+               conformal: float | None = 0.9) -> FitResult:
     """``stfeat fit``: cross-validate every encoder x head, refit each on all samples, write the report.
 
     ``samples`` is anything :func:`stfeat.io.as_samples` takes; ``head`` one or several names or estimator
     objects; ``head_params`` maps a head name to its parameters; ``standardize`` is the per-slide feature
-    standardisation (``none`` or ``slide``, see :mod:`stfeat.features`). Writes into ``out_dir`` (see
+    standardisation (``none`` or ``slide``, see :mod:`stfeat.features`); ``conformal`` the nominal coverage
+    of the per-spot conformal intervals (None or 0 = off). Writes into ``out_dir`` (see
     :mod:`stfeat.report`) and returns the in-memory results too.
     """
     from stfeat.crossval import cross_validate
@@ -134,7 +136,8 @@ def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | P
     for enc, fs in fsets.items():
         for h in heads:
             params = head_params.get(head_name(h))
-            cv = cross_validate(fs, head=h, head_params=params, metric_top_k=metric_top_k, **opts)
+            cv = cross_validate(fs, head=h, head_params=params, metric_top_k=metric_top_k, conformal=conformal,
+                                **opts)
             cvs[cv.tag] = cv
             models[cv.tag] = fit(fs, head=h, head_params=params, **opts)
     return write_report(out_dir, cvs, models, fsets, save_fold_models=save_fold_models, plots=plots,

@@ -111,8 +111,8 @@ class FitOptions:
                       "log1p cp10k), hex:K (top-K mean), file:PATH, common.")
     transform: str = _opt("log1p_cp10k", "Target transform; log1p_cp10k uses the library size over all genes.",
                           choices=TRANSFORMS)
-    split: str = _opt("auto", "auto, lopo, group-kfold:K or loso (only without patient ids or with a single "
-                      "patient).")
+    split: str = _opt("auto", "auto, lopo, group-kfold:K, loso (only without patient ids or with a single "
+                      "patient) or block:K (spatial blocks within sections; auto with one sample).")
     k_neighbors: int = _opt(8, "Neighbour tokens per spot (attention) and for --neighbor-mean.", min=0)
     neighbor_mean: bool = _opt(False, "Append the neighbours' mean features to flat heads' input.")
     neighbor_scale: Optional[float] = _opt(None, "Field of view (um) of the neighbours' features; default the "
@@ -125,6 +125,8 @@ class FitOptions:
     metric_top_k: int = _opt(10, "k of the extra top-k HVG / highly-expressed summaries.", min=1)
     save_fold_models: bool = _opt(False, "Also save each fold's model.")
     plots: bool = _opt(True, "Write PNG plots.")
+    conformal: Optional[float] = _opt(0.9, "Nominal coverage of per-spot conformal intervals (refits each head on "
+                                      "3 inner folds); 0 = off.", min=0)
     verbose: bool = _opt(False, "Debug logging, and tracebacks of internal errors.", cli_only=True)
 
 
@@ -417,7 +419,12 @@ def _check_one_encoder(name: str, text: str) -> None:
                           "give one (`stfeat run` extracts once per encoder of a config's list).")
 
 
-_CHECKS = {("*", "shard"): _check_shard, ("*", "split"): _check_split, ("*", "genes"): _check_genes,
+def _check_conformal(name: str, value: float | None) -> None:
+    if value is not None and not 0 <= value < 1:
+        raise OptionError(name, f"{name} {value!r} is not a coverage below 1.", "give e.g. 0.9, or 0 to turn it off.")
+
+
+_CHECKS = {("*", "conformal"): _check_conformal, ("*", "shard"): _check_shard, ("*", "split"): _check_split, ("*", "genes"): _check_genes,
            ("FitOptions", "head"): _check_heads, ("CompareOptions", "head"): _check_heads, ("ExtractOptions", "encoder"): _check_one_encoder}
 
 

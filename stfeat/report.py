@@ -8,7 +8,13 @@ Into ``out_dir``::
                           transform, split, scales, head params and stfeat version on every row
     per_gene.csv          per-gene r / MSE / MAE per encoder x head x fold, same provenance columns
     comparison.csv        rows encoder x head, columns: mean r per held-out sample, then the mean over folds
-    predictions/{encoder}__{head}.h5ad   X = layers["predicted"], layers["measured"], obs sample/fold/coords
+    predictability.csv    per encoder x head x gene: held-out r per fold, mean, bootstrap 95% interval,
+                          predictable (= ci_low > 0) (stfeat.predictability)
+    predictable_genes.txt the best model's predictable genes, one per line (reads back as --genes file:PATH)
+    domains.csv           per encoder x head x held-out sample: ARI / NMI of k-means clusters of predicted vs
+                          measured expression, and vs region labels when the sample has them (stfeat.domains)
+    predictions/{encoder}__{head}.h5ad   X = layers["predicted"], layers["measured"], layers["lower"/"upper"]
+                          (conformal intervals), obs sample/fold/coords/region
     models/{encoder}__{head}/            final model (stfeat.Model); folds/ with save_fold_models
     plots/{encoder}__{head}/             r distribution, measured vs predicted maps (best/worst genes)
 
@@ -33,7 +39,61 @@ from stfeat.model import _json_default
 log = logging.getLogger(__name__)
 
 _OURS = {"metrics.json", "metrics.csv", "per_gene.csv", "comparison.csv", "predictions", "models", "plots",
-         "resolved_config.yaml"}
+         "resolved_config.yaml", "predictability.csv", "predictable_genes.txt", "domains.csv"}
+
+
+def _tagged(cvs: dict, attr: str):
+    """One table over encoder x head of a per-CVResult table (``predictability`` or ``domains``)."""
+    import pandas as pd
+
+    parts = []
+    for cv in cvs.values():
+        df = getattr(cv, attr, None)
+        if df is None or not len(df):
+            continue
+        df = df.copy()
+        for col, val in (("head", cv.head), ("encoder", cv.encoder)):
+            if col not in df.columns:
+                df.insert(0, col, val)
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe: non-finite floats (an infinite interval from too few calibration spots, NaN) become None."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def evaluation_extras(cvs: dict, best: Any) -> dict:
+    """The metrics.json block of the per-gene predictability, conformal intervals and domain agreement."""
+    out = {}
+    for tag, cv in cvs.items():
+        pred = cv.predictability
+        conf = [r for r in cv.rows if "conformal_coverage" in r]
+        dom = cv.domains if cv.domains is not None else None
+        out[tag] = {
+            "n_genes": 0 if pred is None else int(len(pred)),
+            "n_predictable": cv.n_predictable,
+            "predictable_genes": [] if pred is None else pred.loc[pred["predictable"], "gene"].tolist(),
+            "conformal": None if not conf else {
+                "nominal": conf[0]["conformal_nominal"], "coverage_mean": cv.coverage,
+                "width_mean": float(np.mean([r["conformal_width"] for r in conf])),
+                "inner": conf[0]["conformal_inner"],
+                "per_fold": {r["fold"]: {"coverage": r["conformal_coverage"], "width": r["conformal_width"],
+                                         "inner": r["conformal_inner"]} for r in conf}},
+            "domains": [] if dom is None else json.loads(dom.to_json(orient="records")),
+        }
+    return {"per_model": _finite(out), "best_model": best.tag,
+            "predictability_note": ("per gene: held-out r per fold, r_mean = their mean, 95% percentile bootstrap "
+                                    "interval over test spots (resampled within folds); predictable = ci_low > 0"),
+            "domains_note": ("k-means (seeded) of standardised predicted vs measured expression per held-out sample; "
+                             "k = number of region label classes when the sample has labels, else 5")}
 
 
 def comparison_table(cvs: dict, sample_ids: list[str]):
@@ -61,6 +121,31 @@ def metrics_table(cvs: dict):
             row["reduced_to_skip"] = f"{int(flags.sum())} of {len(flags)} folds"
         mean_rows.append(row)
     return pd.concat([df, pd.DataFrame(mean_rows)], ignore_index=True)
+
+
+def evaluation_lines(ev: dict) -> list[str]:
+    """Per model: predictable genes, conformal coverage and width, domain agreement (ARI/NMI)."""
+    out = []
+    for tag, m in (ev.get("per_model") or {}).items():
+        parts = [f"{m['n_predictable']}/{m['n_genes']} genes predictable (95% bootstrap CI of held-out r > 0)"]
+        c = m.get("conformal")
+        if c and c.get("coverage_mean") is not None:
+            width = "unbounded (too few calibration spots)" if c.get("width_mean") is None else f"{c['width_mean']:.3f}"
+            parts.append(f"conformal {c['nominal']:.0%} intervals: coverage {c['coverage_mean']:.3f}, "
+                         f"mean width {width}")
+            if c["coverage_mean"] < c["nominal"] - 0.05:
+                parts.append("coverage BELOW nominal: the held-out spots differ from the calibration spots "
+                             "(e.g. a new patient); widen or recalibrate before trusting the intervals")
+        out.append(f"{tag}: " + "; ".join(parts))
+        for d in m.get("domains") or []:
+            words = [f"{d['sample']} k={d['k']}"]
+            if d.get("ari_pred_vs_measured") is not None:
+                words.append(f"ARI/NMI pred vs measured {d['ari_pred_vs_measured']:.2f}/{d['nmi_pred_vs_measured']:.2f}")
+            if d.get("ari_pred_vs_labels") is not None:
+                words.append(f"vs region labels {d['ari_pred_vs_labels']:.2f}/{d['nmi_pred_vs_labels']:.2f} "
+                             f"(measured vs labels {d['ari_measured_vs_labels']:.2f}/{d['nmi_measured_vs_labels']:.2f})")
+            out.append("  domains " + ", ".join(words))
+    return out
 
 
 def _prepare(out_dir: Path) -> Path:
@@ -139,12 +224,24 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
                             "HEST's intercept-free protocol) and predictions are clipped at 0"),
         "results": json.loads(metrics_df.to_json(orient="records")),
         "comparison": json.loads(comp_df.to_json(orient="records")),
+        "evaluation": evaluation_extras(cvs, best),
     }
     tmp = _prepare(out_dir)
     try:
         (tmp / "metrics.csv").write_text(metrics_df.to_csv(index=False))
         (tmp / "per_gene.csv").write_text(per_gene.to_csv(index=False))
         (tmp / "comparison.csv").write_text(comp_df.to_csv(index=False))
+        pred_df, dom_df = _tagged(cvs, "predictability"), _tagged(cvs, "domains")
+        if len(pred_df):
+            from stfeat.predictability import write_gene_list
+
+            (tmp / "predictability.csv").write_text(pred_df.to_csv(index=False))
+            bp = best.predictability
+            write_gene_list(tmp / "predictable_genes.txt", bp.loc[bp["predictable"], "gene"].tolist(),
+                            header=f"genes with a held-out r whose 95% bootstrap interval lies above 0\n"
+                                   f"model {best.tag}, split {plan.mode}; use with --genes file:PATH")
+        if len(dom_df):
+            (tmp / "domains.csv").write_text(dom_df.to_csv(index=False))
         model_dirs = {}
         for tag, model in models.items():
             model_dirs[tag] = out_dir / "models" / tag
@@ -192,22 +289,38 @@ def write_predictions(pred_dir: Path, cvs: dict, fsets: dict) -> None:
         genes: list[str] = list(dict.fromkeys(g for _, _, _, gl in cv.items for g in gl))
         col = {g: i for i, g in enumerate(genes)}
         P_all, M_all, obs = [], [], []
+        bounds: dict[str, list] = {"lower": [], "upper": []}
+        intervals = getattr(cv, "intervals", {}) or {}
         for fold, sid, P, g in cv.items:
             sf = fs.samples[sid]
             full = np.full((len(P), len(genes)), np.nan, np.float32)
             full[:, [col[x] for x in g]] = P
             P_all.append(full)
+            for b, arr in zip(("lower", "upper"), intervals.get(sid, (None, None))):
+                if arr is not None:
+                    m = np.full((len(P), len(genes)), np.nan, np.float32)
+                    m[:, [col[x] for x in g]] = arr
+                    bounds[b].append(m)
             M_all.append(fs.targets(sid, genes, transform))
-            obs.append(pd.DataFrame({"sample": sid, "patient": sf.patient or "", "fold": fold, "barcode": sf.barcodes,
-                                     "x_px": sf.coords_px[:, 0], "y_px": sf.coords_px[:, 1]}))
+            pa = cv.predictions.get(sid) if cv.predictions else None
+            spot_fold = pa.obs["fold"].astype(str).to_numpy() if pa is not None else fold
+            region = (pa.obs["region"].astype(object).to_numpy() if pa is not None and "region" in pa.obs
+                      else None)
+            obs.append(pd.DataFrame({"sample": sid, "patient": sf.patient or "", "fold": spot_fold,
+                                     "barcode": sf.barcodes, "x_px": sf.coords_px[:, 0], "y_px": sf.coords_px[:, 1],
+                                     **({"region": region} if region is not None else {})}))
         obs_df = pd.concat(obs, ignore_index=True)
         obs_df.index = (obs_df["sample"] + ":" + obs_df["barcode"]).to_numpy()
-        for c in ("sample", "patient", "fold", "barcode"):
-            obs_df[c] = obs_df[c].astype("category")
+        for c in ("sample", "patient", "fold", "barcode", "region"):
+            if c in obs_df:
+                obs_df[c] = obs_df[c].astype("category")
         Pm = np.concatenate(P_all)
         a = ad.AnnData(X=Pm, obs=obs_df, var=pd.DataFrame(index=pd.Index(genes, name="gene")))
         a.layers["predicted"] = Pm
         a.layers["measured"] = np.concatenate(M_all)
+        for b, parts in bounds.items():
+            if parts and len(parts) == len(P_all):
+                a.layers[b] = np.concatenate(parts)
         a.obsm["spatial"] = obs_df[["x_px", "y_px"]].to_numpy(np.float64)
         prov = {k: cv.provenance[k] for k in ("gene_rule", "transform", "split", "stfeat_version")}
         a.uns["stfeat"] = {"encoder": cv.encoder, "head": cv.head, "notes": list(cv.plan.notes),

@@ -187,7 +187,7 @@ def compare(samples: Any, *, encoder: str, cache_dir: str | Path, variant: Seque
                          "add a patient column to the manifest and samples of another patient.")
     rows, cvs, notes = [], {}, []
     extracted: dict[str, float] = {}
-    opts = dict(genes=genes, transform=transform, seed=seed)
+    opts = dict(genes=genes, transform=transform, seed=seed, conformal=None)  # intervals: `stfeat fit`
     for v in variants:
         if extract and v.cache_encoder not in extracted:
             t0 = time.perf_counter()

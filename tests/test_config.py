@@ -96,7 +96,7 @@ def test_list_options_take_lists_or_commas(tmp_path):
     "doc, match",
     [
         ({"fit": {"genez": "hvg:5"}}, r"unknown key 'genez' in section 'fit'\. Did you mean genes\?.*allowed keys "
-                                      r"for `stfeat fit`: cache_dir, encoder, genes, head,"),
+                                      r"for `stfeat fit`: cache_dir, conformal, encoder, genes, head,"),
         ({"fit": {"heads": ["ridge"]}}, r"key 'heads' in section 'fit' is now called 'head'.*--head"),
         ({"extract": {"scales": [112]}}, r"key 'scales' in section 'extract' is now called 'scales_um'"),
         ({"fit": {"out": "runs/x"}}, r"key 'out' in section 'fit' is now called 'out_dir'"),

@@ -66,7 +66,7 @@ def test_fit_writes_metrics_predictions_models(tmp_path):
     from scipy.stats import pearsonr
 
     a = ad.read_h5ad(out / "predictions" / "toy__ridge.h5ad")
-    assert set(a.layers) == {"measured", "predicted"}
+    assert set(a.layers) == {"measured", "predicted", "lower", "upper"}  # + conformal intervals
     assert {"sample", "fold", "x_px", "y_px"} <= set(a.obs.columns) and a.obsm["spatial"].shape == (a.n_obs, 2)
     pg = pd.read_csv(out / "per_gene.csv")
     row = pg[(pg["fold"] == "C")].iloc[0]

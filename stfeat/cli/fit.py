@@ -49,6 +49,8 @@ def fit_cmd(
     save_fold_models: Annotated[bool, typer.Option("--save-fold-models/--no-save-fold-models",
                                                    help=_h("save_fold_models"))] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help=_h("plots"))] = True,
+    conformal: Annotated[Optional[float], typer.Option("--conformal", metavar="COVERAGE", help=_h("conformal"))]
+    = 0.9,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_h("verbose"))] = False,
 ) -> None:
     """Fit heads on cached features with patient-grouped evaluation; refit on all samples for predict.
@@ -68,4 +70,4 @@ def fit_cmd(
     for line in fit_summary(res):
         typer.echo(line)
     typer.echo(f"results in {opts.out_dir}/ (metrics.json, metrics.csv, per_gene.csv, comparison.csv, "
-               "predictions/, models/, plots/)")
+               "predictability.csv, predictable_genes.txt, domains.csv, predictions/, models/, plots/)")

@@ -9,6 +9,11 @@ Two layouts:
 
 Counts rows are ``"{x}x{y}"`` array positions; the spot file's x, y columns give the same key, pixel_x and
 pixel_y the spot centre in full-resolution pixels, and ``selected`` (when present) marks spots under tissue.
+
+Region labels: when ``ST-pat/{S}_labeled_coordinates.tsv`` exists (HER2ST's pathologist annotation: columns
+x, y = refined array position, pixel_x, pixel_y, label), its labels are joined to the spots by array
+position (x, y rounded = the spot key; the label file's pixel frame is not the image's) and stored as
+``obs["region"]`` (categorical; spots without a label are NaN).
 """
 
 from __future__ import annotations
@@ -234,6 +239,47 @@ def _array_lattice(df, path: Path):
     return fit, step_um, words
 
 
+REGION_KEY = "region"
+
+
+def label_file(root: Path, section: str) -> Path | None:
+    p = Path(root) / "ST-pat" / f"{section}_labeled_coordinates.tsv"
+    return p if p.is_file() else None
+
+
+def read_region_labels(path: Path, keys: np.ndarray, notes: C.Notes):
+    """Per spot (``keys`` = "{x}x{y}"), the label of ``path`` at the same array position, else NaN."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, sep="\t", engine="c")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(path, f"the region label file cannot be parsed ({exc}).",
+                         "give a tab-separated table with columns x, y and label, or remove the file.") from None
+    need = {"x", "y", "label"}
+    if not need <= set(df.columns):
+        raise InputError(path, f"the region label file lacks columns {sorted(need - set(df.columns))} "
+                         f"(has {list(df.columns)}).", "give columns x, y (array position) and label.")
+    x, y = pd.to_numeric(df["x"], errors="coerce"), pd.to_numeric(df["y"], errors="coerce")
+    ok = x.notna() & y.notna() & df["label"].notna()
+    if (~ok).any():
+        notes.warn(f"{int((~ok).sum())} rows of {path.name} have no array position or label; not used")
+    lab_keys = [f"{int(round(a))}x{int(round(b))}" for a, b in zip(x[ok], y[ok])]
+    table = pd.Series(df["label"][ok].astype(str).str.strip().to_numpy(), index=lab_keys)
+    dup = table.index.duplicated(keep=False)
+    if dup.any():
+        raise InputError(path, f"{int(dup.sum())} rows share an array position (e.g. {table.index[dup][0]}).",
+                         "give one label per spot.")
+    labels = table.reindex(pd.Index(np.asarray(keys).astype(str)))
+    n_hit = int(labels.notna().sum())
+    notes.note(f"region labels from {path.name}: {n_hit} of {len(keys)} spots labelled, joined by array position "
+               f"({', '.join(f'{k} {v}' for k, v in labels.value_counts().items())})")
+    if n_hit == 0:
+        notes.warn(f"no spot matches a row of {path.name} by array position; no region labels attached")
+        return None
+    return pd.Categorical(labels.to_numpy(dtype=object))
+
+
 def read_legacy_st(
     path: Path, *, image: Path | None = None, um_per_px: float | None = None, sample_id: str | None = None,
     patient: str | None = None, section: str | None = None,
@@ -278,8 +324,16 @@ def read_legacy_st(
         notes.note(f"pixel size {um:.4f} um/px from the spot lattice: {fit.describe()}")
     if loc["patient_note"] and (patient is None or patient == loc["patient"]):
         notes.note(str(loc["patient_note"]))
+    obs = None
+    lf = label_file(loc["root"], str(loc["section"]))  # type: ignore[arg-type]
+    if lf is not None:
+        import pandas as pd
+
+        regions = read_region_labels(lf, ids, notes)
+        if regions is not None:
+            obs = pd.DataFrame({REGION_KEY: regions}, index=pd.Index(np.asarray(ids).astype(str)))
     return C.build_sample(
-        X=X, barcodes=ids, genes=genes, coords=coords, slide=slide,
+        X=X, barcodes=ids, genes=genes, coords=coords, slide=slide, obs=obs,
         sample_id=sample_id or str(loc["section"]), patient=patient or loc["patient"], fmt=FORMAT,  # type: ignore[arg-type]
         um_per_px=um, um_source=str(src), source_path=counts_path, notes=notes,  # type: ignore[arg-type]
         extra={"spot_file": str(spots_path)},

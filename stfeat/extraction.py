@@ -53,7 +53,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-_SPEC_KEYS = ("name", "arch", "embed_dim", "input_px", "mean", "std", "pooling", "precision", "model_kwargs")
 
 
 @dataclass
@@ -80,158 +79,10 @@ class SampleResult:
                 f"({self.n_computed} computed{cost}) in {self.seconds:.2f} s{rate} -> {self.path}")
 
 
-# ---------------------------------------------------------------- encoder identity (no model built)
-def _spec_subset(spec: Any) -> dict[str, Any]:
-    d = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
-    return {k: d.get(k) for k in _SPEC_KEYS}
-
-
-@dataclass
-class _Identity:
-    name: str
-    tag: str
-    weights_id: str
-    identity: dict[str, Any]
-    input_px: int | None
-
-    @property
-    def hash(self) -> str:
-        return C.config_hash(self.identity)
-
-
-def encoder_identity(encoder: "str | Encoder", *, weights: str | Path | None = None, pretrained: bool = True
-                     ) -> _Identity:
-    """What identifies an encoder's features, computed WITHOUT building the model.
-
-    A registry name contributes its spec (architecture, input size, normalisation, pooling,
-    precision); a weights file its sha256; default pretrained weights their hub id; random weights
-    (seeded) the word "random". The config hash of the cache is the hash of this dict.
-
-    A weights file's digest is memoised by :func:`stfeat.encoders._weights.weights_sha256` (the same
-    fingerprint ``Encoder.weights_id`` records).
-    """
-    from stfeat.encoders.base import Encoder
-
-    if isinstance(encoder, Encoder):
-        ident = {"encoder": encoder.spec.name, "spec": _spec_subset(encoder.spec),
-                 "weights_id": str(encoder.weights_id)}
-        return _Identity(encoder.spec.name, C.encoder_tag(encoder.spec.name), str(encoder.weights_id), ident,
-                         int(encoder.spec.input_px))
-    name = str(encoder)
-    spec = None
-    if weights is None and Path(name).is_file():  # a weights file given as the encoder
-        weights = name
-    try:
-        from stfeat.encoders import get_spec
-
-        spec = get_spec(name)
-    except (KeyError, ImportError, AttributeError):
-        spec = None
-    # the encoders package's own fingerprint, so cache and Encoder.weights_id agree
-    from stfeat.encoders._weights import find_local_weights, resolve_weights_file, weights_id
-
-    if weights is None and pretrained and spec is not None and getattr(spec, "family", "") != "classical":
-        hub_base = spec.hub_id.rsplit("/", 1)[-1] if spec.hub_id else ""
-        from stfeat.encoders.base import aliases_of
-
-        weights = find_local_weights([spec.name, *aliases_of(spec.name), hub_base])
-    if weights is not None:
-        wp = Path(weights).expanduser()
-        if not wp.exists():
-            raise InputError(wp, "the weights file does not exist.", "check the --weights path.")
-        wp = resolve_weights_file(wp)
-        wid = weights_id(wp)
-    elif pretrained:
-        wid = f"pretrained:{getattr(spec, 'hub_id', None) or name}"
-    else:
-        wid = "random:seed0"
-    resolved = spec.name if spec is not None else name
-    ident = {"encoder": resolved, "spec": _spec_subset(spec) if spec is not None else None, "weights_id": wid}
-    return _Identity(resolved, C.encoder_tag(resolved), wid, ident,
-                     int(spec.input_px) if spec is not None else None)
-
-
 from stfeat._cache_writer import _Writer  # noqa: E402 - the writer thread (kept out of this module)
 
-
-# ---------------------------------------------------------------- samples, shards, plans
-def _parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
-    if shard is None:
-        ws = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        rank = int(os.environ.get("RANK", "0") or 0)
-        return (rank, ws) if ws > 1 else (0, 1)
-    if isinstance(shard, str):
-        try:
-            i_s, n_s = shard.split("/")
-            i, n = int(i_s), int(n_s)
-        except ValueError:
-            raise InputError(None, f"shard must look like 'i/n' (0-based), got {shard!r}.", "give e.g. 0/4.") from None
-    else:
-        i, n = shard
-    if not (n >= 1 and 0 <= i < n):
-        raise InputError(None, f"shard {i}/{n} is out of range: i is 0-based, 0 <= i < n.", "give e.g. 0/4 .. 3/4.")
-    return i, n
-
-
-@dataclass
-class _Plan:
-    action: str  # "skip" | "new" | "resume" | "update"
-    scales: list[float]  # every scale the finished file will hold
-    batch_size: int | None = None
-    n_spots: int = 0
-
-
-def _mismatch(path: Path, attrs: dict, ident: _Identity) -> InputError:
-    return InputError(
-        path,
-        f"was written by another encoder configuration (encoder {attrs.get('encoder')}, weights "
-        f"{attrs.get('weights_id')}, config {attrs.get('config_hash')}) than the one requested (encoder "
-        f"{ident.name}, weights {ident.weights_id}, config {ident.hash}).",
-        "pass --overwrite (overwrite=True) to recompute it, or use another --cache-dir.",
-    )
-
-
-def _plan(final: Path, ident: _Identity, scales: Sequence[float], *, dtype: np.dtype, k: int,
-          um_per_px: float | None, overwrite: bool, sample_id: str | None = None, mode: str = "auto") -> _Plan:
-    want = sorted(float(s) for s in scales)
-    part = C.partial_path(final)
-    C.refuse_symlinks(final, part)
-    if overwrite:
-        return _Plan("new", want)
-    for path, is_final in ((final, True), (part, False)):
-        if not path.exists():
-            continue
-        try:
-            attrs = C.read_attrs(path)
-        except InputError:
-            if is_final:
-                raise
-            log.warning("%s is unreadable (killed mid-write?): starting it again", path)
-            return _Plan("new", want)
-        C.check_sample_id(path, attrs, sample_id)
-        C.verify_attrs(path, attrs)
-        if attrs.get("config_hash") != ident.hash:
-            raise _mismatch(path, attrs, ident)
-        if np.dtype(str(attrs.get("dtype", "float16"))) != dtype:
-            raise InputError(path, f"stores features as {attrs.get('dtype')}, not the requested {dtype}.",
-                             "pass --overwrite to recompute it, or use another --cache-dir.")
-        if um_per_px is not None and abs(float(attrs.get("um_per_px", um_per_px)) - um_per_px) > 1e-9:
-            raise InputError(path, f"was extracted at {attrs.get('um_per_px')} um/px, not the requested "
-                             f"{um_per_px}.", "pass --overwrite to recompute it, or use another --cache-dir.")
-        if mode in ("crop", "dense") and str(attrs.get("extraction_mode", "crop")) != mode:
-            raise InputError(path, f"holds {attrs.get('extraction_mode', 'crop')}-mode features, not the requested "
-                             f"{mode}-mode ones.", "pass --overwrite to recompute it, or use another --cache-dir.")
-        have = sorted(float(s) for s in np.atleast_1d(attrs.get("scales_um", [])))
-        allsc = sorted(set(have) | set(want))
-        bs = int(attrs["batch_size"]) if attrs.get("batch_size") else None
-        if not is_final:
-            return _Plan("resume", allsc, bs)
-        if not attrs.get("complete", False):
-            return _Plan("resume", allsc, bs)
-        if set(want) <= set(have) and int(attrs.get("k_neighbors", 0) or 0) == k:
-            return _Plan("skip", have, n_spots=int(attrs.get("n_spots", 0)))
-        return _Plan("update", allsc, bs)
-    return _Plan("new", want)
+from stfeat.identity import _Identity, encoder_identity  # noqa: E402 - encoder_identity is public here too
+from stfeat._plan import _Plan, _parse_shard, _plan  # noqa: E402
 
 
 def _versions() -> dict[str, str]:

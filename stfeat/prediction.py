@@ -178,7 +178,7 @@ def _check_encoder(model: Any, encoder: Any, weights: Any) -> Any:
 
     A model fitted on a view variant (``densenet121+macenko+d8``, :mod:`stfeat.views`) has that name as its
     encoder, so new samples are extracted with the same views (and the recorded stain reference)."""
-    from stfeat.extraction import encoder_identity
+    from stfeat.identity import encoder_identity
     from stfeat.views import variant_identity
 
     enc = encoder if encoder is not None else model.encoder

@@ -335,7 +335,7 @@ def variant_identity(ident: Any, spec: ViewSpec) -> Any:
 def extraction_identity(encoder: Any, *, weights: Any = None, pretrained: bool = True,
                         **view_opts: Any) -> tuple[Any, ViewSpec, Any]:
     """``(base encoder, ViewSpec, identity)`` of an extraction: the encoder identity with the views in it."""
-    from stfeat.extraction import encoder_identity
+    from stfeat.identity import encoder_identity
 
     base, spec = resolve(encoder, **view_opts)
     return base, spec, variant_identity(encoder_identity(base, weights=weights, pretrained=pretrained), spec)

@@ -12,7 +12,8 @@ import torch
 from stfeat import cache as C
 from stfeat import views as V
 from stfeat.errors import InputError
-from stfeat.extraction import _spec_subset, encoder_identity, extract_caches, extract_points
+from stfeat.extraction import extract_caches, extract_points
+from stfeat.identity import _spec_subset, encoder_identity
 from stfeat.views import ViewSpec
 
 from test_extract_fakes import UM_PER_PX, FakeSlide, fake_image, fake_sample, tiny_encoder

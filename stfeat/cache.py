@@ -454,6 +454,15 @@ def finalize(f: Any, *, scales_um: Sequence[float]) -> None:
 
 # integrity checks live in their own module; re-exported here, the cache's one front door
 from stfeat._cache_lock import cache_lock  # noqa: E402
+from stfeat._cache_lazy import (  # noqa: E402
+    LazyRows,
+    feature_bytes,
+    feature_fingerprint,
+    read_cache_lazy,
+    read_stats,
+    stats_path,
+    write_stats,
+)
 from stfeat._cache_integrity import (  # noqa: E402
     CHECKSUM_ATTR,
     _verified,
@@ -468,5 +477,6 @@ from stfeat._cache_integrity import (  # noqa: E402
 __all__ = [
     "CacheData", "cache_path", "encoder_tag", "scale_name", "read_cache", "read_attrs", "write_cache",
     "describe_cache", "cache_lock", "config_hash", "partial_path", "lock_path", "check_sample_id",
-    "verify_attrs", "checksum", "check_compatible",
+    "verify_attrs", "checksum", "check_compatible", "LazyRows", "read_cache_lazy", "feature_bytes", "feature_fingerprint",
+    "stats_path", "read_stats", "write_stats",
 ]

@@ -104,7 +104,7 @@ class CVResult:
 def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform: str = "log1p_cp10k",
                    split: str = "auto", head_params: dict | None = None, k_neighbors: int = 8,
                    neighbor_mean: bool = False, neighbor_scale: float | str | None = None, seed: int = 0,
-                   metric_top_k: int = 10) -> CVResult:
+                   metric_top_k: int = 10, suffstats: bool | None = None) -> CVResult:
     """Evaluate one head on ``features`` with leakage-proof outer folds.
 
     Parameters
@@ -129,6 +129,10 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
         ``random_state`` of named heads that take one.
     metric_top_k
         k of the extra summaries over the top-k most variable / most expressed target genes.
+    suffstats
+        Fit the ``ridge`` head from per-sample sufficient statistics (:mod:`stfeat.suffstats`; one
+        streaming pass per sample, cached beside the feature caches) and predict in row chunks: True,
+        False, or None = when the features are read lazily (large samples). Same results either way.
     """
     from stfeat import __version__
     from stfeat.estimators import fit_estimator, head_name, layout_for, make_estimator, model_inputs, predict_estimator
@@ -151,17 +155,30 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
     split_str = f"{plan.mode} over {'sections' if plan.mode == 'loso' else plan.group_kind + 's'}"
     prov = {**fs.provenance, "head": hname, "head_params": params_json, "gene_rule": str(rule),
             "transform": transform, "split": split_str, "stfeat_version": __version__}
+    from stfeat import suffstats_cache as ssc
+
+    by_stats = ssc.use_suffstats(probe, fs, layout, suffstats)
+    if by_stats:  # one pass per sample for the union of the folds' genes; a fold takes its columns
+        union = list(dict.fromkeys(g for f in plan.folds for g in selections[f.name].genes))
+        col_of = {g: i for i, g in enumerate(union)}
+        stats = ssc.featureset_stats(fs, ids, union, transform, layout)
     rows, gene_rows, items, estimators = [], [], [], {}
     for fold in plan.folds:
         sel = selections[fold.name]
         est = make_estimator(head, head_params, seed)
-        Ytr = np.concatenate([fs.targets(t, sel.genes, transform) for t in fold.train])
-        groups = inner_groups(fs.spot_samples(fold.train), plan.groups)
-        log.info("%s | %s | fold %s: training on %s (%d spots, %d genes)", enc, hname, fold.name, fold.train,
-                 len(Ytr), len(sel.genes))
-        fit_estimator(est, model_inputs(fs, fold.train, layout), Ytr, groups)
+        if by_stats:
+            log.info("%s | %s | fold %s: training on %s from sufficient statistics (%d genes)", enc, hname,
+                     fold.name, fold.train, len(sel.genes))
+            ssc.fit_ridge(est, {t: stats[t] for t in fold.train}, plan.groups, [col_of[g] for g in sel.genes])
+            P = ssc.predict_chunks(est, fs, fold.test, layout)
+        else:
+            Ytr = np.concatenate([fs.targets(t, sel.genes, transform) for t in fold.train])
+            groups = inner_groups(fs.spot_samples(fold.train), plan.groups)
+            log.info("%s | %s | fold %s: training on %s (%d spots, %d genes)", enc, hname, fold.name, fold.train,
+                     len(Ytr), len(sel.genes))
+            fit_estimator(est, model_inputs(fs, fold.train, layout), Ytr, groups)
+            P = predict_estimator(est, model_inputs(fs, fold.test, layout))
         estimators[fold.name] = est
-        P = predict_estimator(est, model_inputs(fs, fold.test, layout))
         Yte = np.concatenate([fs.targets(t, sel.genes, transform) for t in fold.test])
         if P.shape != Yte.shape:
             raise RuntimeError(f"head {hname} predicted shape {P.shape}, expected {Yte.shape}")

@@ -36,7 +36,8 @@ def _as_list(x: Any) -> list:
 
 def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform: str = "log1p_cp10k",
         split: str = "auto", head_params: dict | None = None, k_neighbors: int = 8, neighbor_mean: bool = False,
-        neighbor_scale: float | str | None = None, seed: int = 0, intercept: bool = True):
+        neighbor_scale: float | str | None = None, seed: int = 0, intercept: bool = True,
+        suffstats: bool | None = None):
     """Fit one head on ALL samples of ``features`` (genes chosen on all of them): the model for prediction.
 
     Parameters
@@ -54,6 +55,8 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
         Give ``hest-ridge`` an intercept, so predictions are in the target's units (HEST's intercept-free
         protocol is kept for its cross-validated benchmark numbers, where Pearson r does not depend on it;
         an explicit ``fit_intercept`` in ``head_params`` wins).
+    suffstats
+        As in :func:`stfeat.crossval.cross_validate`: ridge from per-sample sufficient statistics.
 
     Returns
     -------
@@ -83,8 +86,13 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     split_mode = "refit on all samples"
     notes = [] if len(ids) >= 2 else ["refit on a single sample"]
     layout = layout_for(est, fs, k_neighbors=k_neighbors, neighbor_mean=neighbor_mean, neighbor_scale=neighbor_scale)
-    Y = np.concatenate([fs.targets(s, sel.genes, transform) for s in ids])
-    fit_estimator(est, model_inputs(fs, ids, layout), Y, inner_groups(fs.spot_samples(ids), groups_of))
+    from stfeat import suffstats_cache as ssc
+
+    if ssc.use_suffstats(est, fs, layout, suffstats):
+        ssc.fit_ridge(est, ssc.featureset_stats(fs, ids, sel.genes, transform, layout), groups_of)
+    else:
+        Y = np.concatenate([fs.targets(s, sel.genes, transform) for s in ids])
+        fit_estimator(est, model_inputs(fs, ids, layout), Y, inner_groups(fs.spot_samples(ids), groups_of))
     attrs = fs.samples[ids[0]].attrs
     return Model(estimator=est, head=hname, genes=list(sel.genes), transform=transform, layout=layout,
                  encoder=fs.provenance["encoder"],

@@ -1,0 +1,128 @@
+"""Sufficient statistics of a FeatureSet's samples, cached beside their feature caches, and the ridge
+fit / streaming prediction that :func:`stfeat.cross_validate` and :func:`stfeat.fit` use at scale.
+
+Each sample's :class:`stfeat.suffstats.SuffStats` is computed by streaming row chunks of its flat
+input (:meth:`stfeat.features.FeatureSet.iter_flat`) and written beside its cache as
+``{sample}.h5.stats-{key}.npz`` (:func:`stfeat.cache.write_stats`: atomic, no pickle). The key hashes
+everything the sums depend on: the cache file (path, size, modification time, config hash and each
+feature dataset's shape, dtype and completion checksum), the row order (barcodes), the input layout
+(scales, neighbour mean, k), the genes, the transform, a checksum of the target matrix itself and the
+precision; a stale file is therefore never used, only left to be replaced. Samples held only in
+memory (no cache file) are computed, not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from stfeat.suffstats import SuffStats, combine, sample_stats, solve
+
+log = logging.getLogger(__name__)
+_VERSION = 1
+
+
+def stats_key(sf: Any, layout: Mapping[str, Any], genes: Sequence[str], transform: str, Y: np.ndarray,
+              precision: str) -> str | None:
+    """The key of one sample's statistics, or None when it has no cache file to key them to."""
+    from stfeat.cache import checksum, feature_fingerprint
+
+    if sf.source is None or not sf.source.is_file():
+        return None
+    ident = {"v": _VERSION, "features": feature_fingerprint(sf.source, layout["scales"]),
+             "barcodes": checksum(np.asarray(sf.barcodes).astype("U")), "scales": list(layout["scales"]),
+             "neighbor_mean": bool(layout.get("neighbor_mean")), "k": int(layout.get("k_neighbors", 8)),
+             "genes": list(genes), "transform": transform, "targets": checksum(np.asarray(Y)),
+             "precision": precision}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def featureset_stats(fs: Any, ids: Sequence[str], genes: Sequence[str], transform: str, layout: Mapping[str, Any],
+                     *, cache: bool = True, precision: str = "float32", chunk_rows: int | None = None
+                     ) -> dict[str, SuffStats]:
+    """Sample id -> statistics of its flat input (``layout``) and targets (``genes``, ``transform``)."""
+    from stfeat.cache import read_stats, write_stats
+    from stfeat.features import CHUNK_ROWS
+
+    out = {}
+    for sid in ids:
+        sf = fs.samples[sid]
+        Y = fs.targets(sid, list(genes), transform)
+        key = stats_key(sf, layout, genes, transform, Y, precision) if cache else None
+        got = None if key is None else read_stats(sf.source, key)
+        if got is not None:
+            out[sid] = SuffStats.from_arrays(got)
+            log.info("sufficient statistics of %s reused (%s)", sid, key)
+            continue
+        chunks = ((X, Y[a:a + len(X)]) for _, a, X in fs.iter_flat(
+            [sid], chunk_rows=chunk_rows or CHUNK_ROWS, neighbor_mean=bool(layout.get("neighbor_mean")),
+            k=int(layout.get("k_neighbors", 8))))
+        out[sid] = sample_stats(chunks, precision=precision)
+        if key is not None:
+            try:
+                write_stats(sf.source, key, out[sid].to_arrays())
+            except OSError as exc:  # a read-only cache folder: compute again next time
+                log.warning("cannot store the statistics of %s beside %s (%s)", sid, sf.source, exc)
+    return out
+
+
+def group_stats(stats: Mapping[str, SuffStats], group_of: Mapping[str, str], cols: Sequence[int] | None = None
+                ) -> dict[str, SuffStats]:
+    """Statistics per group (the samples of a group summed), optionally for a subset of the gene columns.
+
+    The grouping is :func:`stfeat.evaluate.inner_groups`'s: the given groups when there are two or more
+    among these samples, else each sample is its own group.
+    """
+    labels = {s: str(group_of[s]) for s in stats}
+    if len(set(labels.values())) < 2:
+        labels = {s: s for s in stats}
+    out: dict[str, list[SuffStats]] = {}
+    for s in sorted(stats):
+        out.setdefault(labels[s], []).append(stats[s] if cols is None else stats[s].genes(cols))
+    return {g: combine(v) for g, v in out.items()}
+
+
+def fit_ridge(est: Any, stats: Mapping[str, SuffStats], group_of: Mapping[str, str],
+              cols: Sequence[int] | None = None):
+    """Fit an unfitted RidgeCVHead ``est`` from per-sample statistics, grouped as the in-memory path groups."""
+    return solve(group_stats(stats, group_of, cols), est)
+
+
+def predict_chunks(est: Any, fs: Any, ids: Sequence[str], layout: Mapping[str, Any], *,
+                   chunk_rows: int | None = None) -> np.ndarray:
+    """``est.predict`` over row chunks of the flat input of ``ids`` (float32 (n, g)): X is never whole."""
+    from stfeat.features import CHUNK_ROWS
+
+    n = sum(fs.samples[s].n_spots for s in ids)
+    out, at = None, 0
+    for _, _, X in fs.iter_flat(ids, chunk_rows=chunk_rows or CHUNK_ROWS,
+                                neighbor_mean=bool(layout.get("neighbor_mean")), k=int(layout.get("k_neighbors", 8))):
+        P = np.asarray(est.predict(X), dtype=np.float32).reshape(len(X), -1)
+        if out is None:
+            out = np.empty((n, P.shape[1]), np.float32)
+        out[at:at + len(P)] = P
+        at += len(P)
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def use_suffstats(est: Any, fs: Any, layout: Mapping[str, Any], option: bool | None) -> bool:
+    """Whether a fit goes through statistics: ``option`` True/False, or (None) a ridge head on lazy features."""
+    from stfeat.errors import InputError
+    from stfeat.heads.ridge import RidgeCVHead
+
+    is_ridge = type(est) is RidgeCVHead and layout.get("kind") == "flat"
+    if option:
+        if not is_ridge:
+            raise InputError(None, f"suffstats=True needs the 'ridge' head on flat inputs, not {type(est).__name__}.",
+                             "use head='ridge', or suffstats=None.")
+        return True
+    if option is None:
+        return is_ridge and fs.is_lazy
+    return False
+
+
+__all__ = ["featureset_stats", "group_stats", "fit_ridge", "predict_chunks", "use_suffstats", "stats_key"]

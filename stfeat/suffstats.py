@@ -101,12 +101,19 @@ class SuffStats:
 
 
 def sample_stats(chunks: Iterable[tuple[np.ndarray, np.ndarray]] | None = None, *, X: Any = None, Y: Any = None,
-                 chunk_rows: int = 8192, precision: str = "float32") -> SuffStats:
+                 chunk_rows: int = 8192, precision: str = "float32", n_jobs: int | None = None) -> SuffStats:
     """Sufficient statistics of rows given as ``(X chunk, Y chunk)`` pairs, or as whole ``X``, ``Y``.
 
     ``X`` (n, d) and ``Y`` (n, g) may be any row-sliceable arrays (``Y`` may also be 1-D).
-    ``precision``: dtype of the chunk products (sums are always float64).
+    ``precision``: dtype of the chunk products (sums are always float64). ``n_jobs``: BLAS threads.
     """
+    from stfeat.heads._cpu import blas_threads
+
+    with blas_threads(n_jobs):
+        return _sample_stats(chunks, X=X, Y=Y, chunk_rows=chunk_rows, precision=precision)
+
+
+def _sample_stats(chunks, *, X, Y, chunk_rows, precision) -> SuffStats:
     if precision not in ("float32", "float64"):
         raise ValueError(f"precision must be 'float32' or 'float64'; got {precision!r}")
     if chunks is None:
@@ -203,6 +210,17 @@ def n_folds(head: Any, n_groups: int) -> int | None:
 
 
 def solve(groups: Mapping[str, SuffStats] | SuffStats, head: Any = None, *, alphas: Any = None):
+    """Fit ridge from statistics: a fitted :class:`stfeat.heads.ridge.RidgeCVHead` (see :func:`_solve`);
+    BLAS runs on the head's ``n_jobs`` threads (:func:`stfeat.heads._cpu.blas_threads`)."""
+    from stfeat.heads._cpu import blas_threads
+    from stfeat.heads.ridge import RidgeCVHead
+
+    head = RidgeCVHead() if head is None else head
+    with blas_threads(head.n_jobs):
+        return _solve(groups, head, alphas=alphas)
+
+
+def _solve(groups: Mapping[str, SuffStats] | SuffStats, head: Any, *, alphas: Any = None):
     """Fit ridge from statistics: a fitted :class:`stfeat.heads.ridge.RidgeCVHead`.
 
     Parameters
@@ -214,11 +232,10 @@ def solve(groups: Mapping[str, SuffStats] | SuffStats, head: Any = None, *, alph
         ``standardize``) are used; default ``RidgeCVHead()``. ``cv`` as an int needs groups (folds hold
         whole groups; shuffled k-fold over spots is not available from statistics).
     """
-    from stfeat.heads.ridge import RidgeCVHead, _default_alphas
+    from stfeat.heads.ridge import _default_alphas
 
     if isinstance(groups, SuffStats):
         groups = {"all": groups}
-    head = RidgeCVHead() if head is None else head
     if alphas is not None:
         head.set_params(alphas=alphas)
     total = combine(groups[g] for g in sorted(groups))

@@ -184,3 +184,23 @@ def test_cached_stats_are_reused_and_invalidated_when_features_change(tmp_path, 
     assert len(calls) == 2
     assert not np.allclose(new["A1"].sxx, first["A1"].sxx)
     assert len(list(tmp_path.rglob("A1.h5.stats-*.npz"))) == 1
+
+
+# ------------------------------------------------------------------------------------------ knn index
+def test_knn_switches_to_ivf_above_the_threshold(tmp_path):
+    from stfeat.heads.knn import KNNHead
+
+    X, Y, _ = _data(n=900, d=16, seed=3)
+    flat = KNNHead(n_neighbors=5).fit(X, Y)
+    assert flat.index_kind() == "flat" and flat.index_kind(2_000_000) == "ivf"
+    ivf = KNNHead(n_neighbors=5, ivf_threshold=500, nprobe=10_000).fit(X, Y)  # every cell probed: exact
+    assert ivf.index_kind() == "ivf" and type(ivf._index).__name__.startswith("IndexIVF")
+    np.testing.assert_allclose(ivf.predict(X[:50]), flat.predict(X[:50]), rtol=1e-5, atol=1e-6)
+    approx = KNNHead(n_neighbors=5, ivf_threshold=500, nprobe=1).fit(X, Y)
+    assert approx._index.nprobe == 1 and approx.predict(X[:50]).shape == (50, Y.shape[1])
+    ivf.save(tmp_path / "knn")  # reloaded, it rebuilds the same index from the stored vectors
+    back = KNNHead.load(tmp_path / "knn")
+    assert back.index_kind() == "ivf"
+    np.testing.assert_allclose(back.predict(X[:50]), ivf.predict(X[:50]), rtol=1e-6)
+    with pytest.raises(ValueError, match="index must be"):
+        KNNHead(index="hnsw").fit(X, Y)

@@ -27,6 +27,10 @@ a file under the final name is always complete. A sidecar ``{sample_id}.h5.lock`
 (``fcntl.flock``) while a process writes; the OS releases it when that process dies. It is opened
 without following links and removed when the writer finishes (:mod:`stfeat._cache_lock`).
 
+Beside a cache, ``{sample_id}.h5.stats-{key}.npz`` holds stage-two sufficient statistics
+(:mod:`stfeat.suffstats_cache`; written atomically, plain arrays, no pickle; one key per cache).
+Large caches are read lazily, in row chunks (:mod:`stfeat._cache_lazy`).
+
 Integrity (:mod:`stfeat._cache_integrity`): file names are injective in the sample id (an id that
 is not filesystem-safe gets ``~`` + a hash of the exact id) and the stored ``sample_id`` is checked on
 every read; coords and each feature dataset carry a blake2b checksum (attr ``blake2b``) written at

@@ -56,25 +56,34 @@ class LazyRows:
     def _read_file_rows(self, f: Any, a: int, b: int) -> np.ndarray:
         return f[self.name][a:b]
 
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of this view, (m, dim) float32 (reads only what is needed)."""
+    def rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of this view, (m, dim) float32 (reads only what is needed).
+
+        ``out``: a float32 (m, dim) array (e.g. a column block of a reused buffer) to write them into:
+        no fresh allocation, whose page faults cost more than the read itself at chunk sizes.
+        """
         import h5py
 
         start, stop = max(0, int(start)), min(len(self), int(stop))
         if stop <= start:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, self.dim), np.float32) if out is None else out[:0]
         with h5py.File(self.path, "r") as f:
             if self.order is None:
-                out = self._read_file_rows(f, start, stop)
+                raw = self._read_file_rows(f, start, stop)
             else:
                 want = self.order[start:stop]
                 lo, hi = int(want.min()), int(want.max()) + 1
                 if hi - lo <= 4 * len(want) + 1024:  # one contiguous read, then a gather
-                    out = self._read_file_rows(f, lo, hi)[want - lo]
+                    raw = self._read_file_rows(f, lo, hi)[want - lo]
                 else:  # scattered rows: h5py point selection needs increasing, unique indices
                     uniq, inv = np.unique(want, return_inverse=True)
-                    out = f[self.name][uniq][inv]
-        out = np.asarray(out, dtype=np.float32)
+                    raw = f[self.name][uniq][inv]
+        if out is None:
+            out = np.asarray(raw, dtype=np.float32)
+        else:
+            if out.shape != raw.shape or out.dtype != np.float32:
+                raise ValueError(f"out must be float32 {raw.shape}; got {out.dtype} {out.shape}")
+            out[...] = raw
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
             raise InputError(self.path, f"{self.name} holds NaN or infinite values in {int(bad.sum())} spots "

@@ -105,13 +105,21 @@ class SampleFeatures:
         """True when the features stay on disk (:class:`stfeat.cache.LazyRows`)."""
         return any(not isinstance(v, np.ndarray) for v in self.features.values())
 
-    def flat_rows(self, scales: Sequence[str], start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of the scales concatenated, (m, d * len(scales)) float32."""
-        parts = []
-        for s in scales:
+    def flat_rows(self, scales: Sequence[str], start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of the scales concatenated, (m, d * len(scales)) float32 (into ``out`` if given)."""
+        start, stop = max(0, int(start)), min(self.n_spots, int(stop))
+        widths = [self.features[s].shape[1] for s in scales]
+        if out is None:
+            out = np.empty((max(0, stop - start), sum(widths)), np.float32)
+        at = 0
+        for s, w in zip(scales, widths):
             v = self.features[s]
-            parts.append(v.rows(start, stop) if hasattr(v, "rows") else np.asarray(v[start:stop], np.float32))
-        return np.concatenate(parts, axis=1)
+            if hasattr(v, "rows"):
+                v.rows(start, stop, out=out[:, at:at + w])
+            else:
+                out[:, at:at + w] = v[start:stop]
+            at += w
+        return out
 
     @property
     def coords_um(self) -> np.ndarray:
@@ -368,15 +376,17 @@ class FeatureSet:
         return any(s.is_lazy for s in self.samples.values())
 
     def iter_flat(self, ids: Sequence[str], *, chunk_rows: int = CHUNK_ROWS, neighbor_mean: bool = False,
-                  k: int = 8) -> Iterator[tuple[str, int, np.ndarray]]:
+                  k: int = 8, reuse_buffer: bool = False) -> Iterator[tuple[str, int, np.ndarray]]:
         """Row chunks of :meth:`flat`: ``(sample_id, first row within that sample, X chunk)``, in order.
 
         Every row of every sample of ``ids`` comes exactly once; a chunk never spans two samples. A lazy
         sample is read ``chunk_rows`` rows at a time. ``neighbor_mean`` needs a sample's other rows, so
-        it is only offered for samples held in memory.
+        it is only offered for samples held in memory. ``reuse_buffer``: every chunk is written into one
+        buffer (faster: no fresh pages per chunk), so a chunk is only valid until the next is asked for.
         """
         if int(chunk_rows) < 1:
             raise ValueError(f"chunk_rows must be >= 1; got {chunk_rows}")
+        buf = None
         for s in ids:
             sf = self.samples[s]
             if neighbor_mean:
@@ -389,7 +399,13 @@ class FeatureSet:
                     yield s, a, X[a:a + int(chunk_rows)]
                 continue
             for a in range(0, sf.n_spots, int(chunk_rows)):
-                yield s, a, sf.flat_rows(self.scales, a, a + int(chunk_rows))
+                m = min(int(chunk_rows), sf.n_spots - a)
+                if reuse_buffer:
+                    if buf is None:
+                        buf = np.empty((int(chunk_rows), self.dim * len(self.scales)), np.float32)
+                    yield s, a, sf.flat_rows(self.scales, a, a + m, out=buf[:m])
+                else:
+                    yield s, a, sf.flat_rows(self.scales, a, a + m)
 
     def tokens(self, ids: Sequence[str], *, k: int = 8, neighbor_scale: str | None = None) -> dict[str, np.ndarray]:
         """Token tensors for the attention head; see :func:`token_features`."""

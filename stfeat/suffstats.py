@@ -126,7 +126,7 @@ def _sample_stats(chunks, *, X, Y, chunk_rows, precision) -> SuffStats:
 
     syrk, gemm = (ssyrk, sgemm) if precision == "float32" else (dsyrk, dgemm)
     dt = np.dtype(precision)
-    acc = None
+    acc = zbuf = None
     for Xc, Yc in chunks:
         Xc = np.asarray(Xc, dtype=dt)
         Yc = np.asarray(Yc, dtype=dt).reshape(len(Xc), -1)
@@ -140,7 +140,9 @@ def _sample_stats(chunks, *, X, Y, chunk_rows, precision) -> SuffStats:
             d, g = Xc.shape[1], Yc.shape[1]
             acc = dict(n=0.0, sx=np.zeros(d), sxx=np.zeros((d, d)), sy=np.zeros(g), syy=np.zeros(g),
                        sxy=np.zeros((d, g)))
-        Z = np.ascontiguousarray(Xc - shift)
+        if zbuf is None or len(zbuf) < len(Xc):
+            zbuf = np.empty(Xc.shape, dtype=dt)
+        Z = np.subtract(Xc, shift, out=zbuf[:len(Xc)])  # one reused buffer: no fresh pages per chunk
         acc["n"] += len(Z)
         acc["sx"] += Z.sum(0, dtype=np.float64)
         # Z.T of a C-ordered (m, d) array is Fortran-ordered (d, m): no copy

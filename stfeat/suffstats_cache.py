@@ -60,7 +60,7 @@ def featureset_stats(fs: Any, ids: Sequence[str], genes: Sequence[str], transfor
             continue
         chunks = ((X, Y[a:a + len(X)]) for _, a, X in fs.iter_flat(
             [sid], chunk_rows=chunk_rows or CHUNK_ROWS, neighbor_mean=bool(layout.get("neighbor_mean")),
-            k=int(layout.get("k_neighbors", 8))))
+            k=int(layout.get("k_neighbors", 8)), reuse_buffer=True))
         out[sid] = sample_stats(chunks, precision=precision)
         if key is not None:
             try:
@@ -97,11 +97,24 @@ def predict_chunks(est: Any, fs: Any, ids: Sequence[str], layout: Mapping[str, A
     """``est.predict`` over row chunks of the flat input of ``ids`` (float32 (n, g)): X is never whole."""
     from stfeat.features import CHUNK_ROWS
 
+    from stfeat.heads.ridge import RidgeCVHead
+
     n = sum(fs.samples[s].n_spots for s in ids)
-    out, at = None, 0
-    for _, _, X in fs.iter_flat(ids, chunk_rows=chunk_rows or CHUNK_ROWS,
+    out, at, buf = None, 0, None
+    ridge = type(est) is RidgeCVHead
+    coef = np.ascontiguousarray(est.coef_, np.float64).T if ridge else None
+    for _, _, X in fs.iter_flat(ids, chunk_rows=chunk_rows or CHUNK_ROWS, reuse_buffer=True,
                                 neighbor_mean=bool(layout.get("neighbor_mean")), k=int(layout.get("k_neighbors", 8))):
-        P = np.asarray(est.predict(X), dtype=np.float32).reshape(len(X), -1)
+        if ridge:  # RidgeCVHead.predict's float64 product, into reused buffers
+            if X.shape[1] != coef.shape[0]:
+                est._check_x(X[:1])  # raises, naming the mismatch
+            if buf is None:
+                buf = np.empty(X.shape, np.float64)
+            B = buf[:len(X)]
+            B[...] = X
+            P = (B @ coef + est.intercept_).astype(np.float32)
+        else:
+            P = np.asarray(est.predict(X), dtype=np.float32).reshape(len(X), -1)
         if out is None:
             out = np.empty((n, P.shape[1]), np.float32)
         out[at:at + len(P)] = P

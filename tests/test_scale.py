@@ -204,3 +204,20 @@ def test_knn_switches_to_ivf_above_the_threshold(tmp_path):
     np.testing.assert_allclose(back.predict(X[:50]), ivf.predict(X[:50]), rtol=1e-6)
     with pytest.raises(ValueError, match="index must be"):
         KNNHead(index="hnsw").fit(X, Y)
+
+
+def test_predict_chunks_equals_predict_on_the_whole_matrix(toy):
+    from stfeat.heads.knn import KNNHead
+    from stfeat.suffstats_cache import predict_chunks
+
+    fs = _load(toy, True)
+    ids = fs.sample_ids
+    X = _load(toy, False).flat(ids)
+    Y = X[:, :3] @ np.ones((3, 2)) + 1.0
+    layout = {"kind": "flat", "scales": fs.scales, "neighbor_mean": False, "k_neighbors": 8}
+    for est in (RidgeCVHead().fit(X, Y), KNNHead(n_neighbors=3).fit(X, Y)):
+        np.testing.assert_allclose(predict_chunks(est, fs, ids, layout, chunk_rows=13), est.predict(X).astype(np.float32),
+                                   rtol=1e-6, atol=1e-6)
+    wrong = RidgeCVHead().fit(X[:, :5], Y)
+    with pytest.raises(ValueError, match="features"):
+        predict_chunks(wrong, fs, ids, layout)

@@ -12,7 +12,8 @@ folder, so its memory does not count; this process then
   flat input (targets are synthetic, computed per chunk from a hidden low-rank signal);
 * the solve: :func:`stfeat.suffstats.solve` with ``RidgeCVHead(cv=5)`` over the patient groups
   (grouped 5-fold CV over the default 15-penalty grid, then the final fit);
-* predict: :func:`stfeat.suffstats_cache.predict_chunks` over every point.
+* predict: :func:`stfeat.suffstats_cache.predict_chunks` over every point (float64 product, as
+  ``RidgeCVHead.predict``; then the faster float32 product).
 
 Peak RSS is ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the process's peak so far: the figure after
 the solve covers the stats pass too. Usage::
@@ -143,8 +144,15 @@ def main() -> None:
         with blas_threads(args.threads):
             P = predict_chunks(est, fs, ids, layout, chunk_rows=args.chunk_rows)
         t_pred = time.perf_counter() - t
-        print(f"predict {len(P)} points x {P.shape[1]} genes, streamed: {t_pred:.1f} s "
+        print(f"predict {len(P)} points x {P.shape[1]} genes, streamed, float64 product: {t_pred:.1f} s "
               f"({len(P) / t_pred:,.0f} points/s; target < 30 s at 1M), peak RSS {_rss_gb():.2f} GB")
+        t = time.perf_counter()
+        with blas_threads(args.threads):
+            P32 = predict_chunks(est, fs, ids, layout, chunk_rows=args.chunk_rows, precision="float32")
+        t32 = time.perf_counter() - t
+        err = float(np.abs(P32 - P).max() / np.abs(P).max())
+        print(f"predict, float32 product: {t32:.1f} s ({len(P) / t32:,.0f} points/s), max |diff| / max |P| = "
+              f"{err:.1e}, peak RSS {_rss_gb():.2f} GB")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

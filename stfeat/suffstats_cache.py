@@ -93,8 +93,15 @@ def fit_ridge(est: Any, stats: Mapping[str, SuffStats], group_of: Mapping[str, s
 
 
 def predict_chunks(est: Any, fs: Any, ids: Sequence[str], layout: Mapping[str, Any], *,
-                   chunk_rows: int | None = None) -> np.ndarray:
-    """``est.predict`` over row chunks of the flat input of ``ids`` (float32 (n, g)): X is never whole."""
+                   chunk_rows: int | None = None, precision: str = "float64") -> np.ndarray:
+    """``est.predict`` over row chunks of the flat input of ``ids`` (float32 (n, g)): X is never whole.
+
+    For ``ridge``, ``precision="float64"`` is ``RidgeCVHead.predict``'s own product (a spot's prediction
+    does not depend on the rows it is batched with); ``"float32"`` is about 3x faster and agrees to float32
+    rounding (~1e-6 relative), but its last bits depend on where a row falls in the BLAS blocks.
+    """
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be 'float32' or 'float64'; got {precision!r}")
     from stfeat.features import CHUNK_ROWS
 
     from stfeat.heads.ridge import RidgeCVHead
@@ -102,17 +109,22 @@ def predict_chunks(est: Any, fs: Any, ids: Sequence[str], layout: Mapping[str, A
     n = sum(fs.samples[s].n_spots for s in ids)
     out, at, buf = None, 0, None
     ridge = type(est) is RidgeCVHead
-    coef = np.ascontiguousarray(est.coef_, np.float64).T if ridge else None
+    dt = np.dtype(precision)
+    coef = np.ascontiguousarray(np.asarray(est.coef_, dt).T) if ridge else None
     for _, _, X in fs.iter_flat(ids, chunk_rows=chunk_rows or CHUNK_ROWS, reuse_buffer=True,
                                 neighbor_mean=bool(layout.get("neighbor_mean")), k=int(layout.get("k_neighbors", 8))):
         if ridge:  # RidgeCVHead.predict's float64 product, into reused buffers
             if X.shape[1] != coef.shape[0]:
                 est._check_x(X[:1])  # raises, naming the mismatch
-            if buf is None:
-                buf = np.empty(X.shape, np.float64)
-            B = buf[:len(X)]
-            B[...] = X
-            P = (B @ coef + est.intercept_).astype(np.float32)
+            if dt == np.float32:
+                P = X @ coef
+                P += est.intercept_.astype(np.float32)
+            else:
+                if buf is None:
+                    buf = np.empty(X.shape, np.float64)
+                B = buf[:len(X)]
+                B[...] = X
+                P = (B @ coef + est.intercept_).astype(np.float32)
         else:
             P = np.asarray(est.predict(X), dtype=np.float32).reshape(len(X), -1)
         if out is None:

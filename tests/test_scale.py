@@ -218,6 +218,18 @@ def test_predict_chunks_equals_predict_on_the_whole_matrix(toy):
     for est in (RidgeCVHead().fit(X, Y), KNNHead(n_neighbors=3).fit(X, Y)):
         np.testing.assert_allclose(predict_chunks(est, fs, ids, layout, chunk_rows=13), est.predict(X).astype(np.float32),
                                    rtol=1e-6, atol=1e-6)
+    ridge = RidgeCVHead().fit(X, Y)
+    fast = predict_chunks(ridge, fs, ids, layout, chunk_rows=13, precision="float32")
+    np.testing.assert_allclose(fast, ridge.predict(X), rtol=1e-5, atol=1e-5 * np.abs(Y).max())
     wrong = RidgeCVHead().fit(X[:, :5], Y)
     with pytest.raises(ValueError, match="features"):
         predict_chunks(wrong, fs, ids, layout)
+
+
+def test_bad_rows_are_named():
+    X, Y, _ = _data(n=50, d=4)
+    X[3, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        sample_stats(X=X, Y=Y)
+    with pytest.raises(InputError, match="rows"):
+        sample_stats(X=X[:10], Y=Y[:9])

@@ -133,6 +133,7 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
         Fit the ``ridge`` head from per-sample sufficient statistics (:mod:`stfeat.suffstats`; one
         streaming pass per sample, cached beside the feature caches) and predict in row chunks: True,
         False, or None = when the features are read lazily (large samples). Same results either way.
+        On lazy features the ``mlp`` head trains from row chunks (:mod:`stfeat.heads._mlp_chunks`).
     """
     from stfeat import __version__
     from stfeat.estimators import fit_estimator, head_name, layout_for, make_estimator, model_inputs, predict_estimator
@@ -170,6 +171,11 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
             log.info("%s | %s | fold %s: training on %s from sufficient statistics (%d genes)", enc, hname,
                      fold.name, fold.train, len(sel.genes))
             ssc.fit_ridge(est, {t: stats[t] for t in fold.train}, plan.groups, [col_of[g] for g in sel.genes])
+            P = ssc.predict_chunks(est, fs, fold.test, layout)
+        elif ssc.use_mlp_chunks(est, fs, layout):
+            from stfeat.heads._mlp_chunks import fit_mlp_featureset
+
+            fit_mlp_featureset(est, fs, list(fold.train), list(sel.genes), transform, plan.groups)
             P = ssc.predict_chunks(est, fs, fold.test, layout)
         else:
             Ytr = np.concatenate([fs.targets(t, sel.genes, transform) for t in fold.train])

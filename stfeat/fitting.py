@@ -90,6 +90,10 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
 
     if ssc.use_suffstats(est, fs, layout, suffstats):
         ssc.fit_ridge(est, ssc.featureset_stats(fs, ids, sel.genes, transform, layout), groups_of)
+    elif ssc.use_mlp_chunks(est, fs, layout):
+        from stfeat.heads._mlp_chunks import fit_mlp_featureset
+
+        fit_mlp_featureset(est, fs, list(ids), list(sel.genes), transform, groups_of)
     else:
         Y = np.concatenate([fs.targets(s, sel.genes, transform) for s in ids])
         fit_estimator(est, model_inputs(fs, ids, layout), Y, inner_groups(fs.spot_samples(ids), groups_of))

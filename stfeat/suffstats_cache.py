@@ -150,4 +150,11 @@ def use_suffstats(est: Any, fs: Any, layout: Mapping[str, Any], option: bool | N
     return False
 
 
-__all__ = ["featureset_stats", "group_stats", "fit_ridge", "predict_chunks", "use_suffstats", "stats_key"]
+def use_mlp_chunks(est: Any, fs: Any, layout: Mapping[str, Any]) -> bool:
+    """Whether an mlp trains from row chunks: the ``mlp`` head on flat inputs of lazy features."""
+    from stfeat.heads.mlp import MLPHead
+
+    return type(est) is MLPHead and layout.get("kind") == "flat" and not layout.get("neighbor_mean") and fs.is_lazy
+
+
+__all__ = ["use_mlp_chunks", "featureset_stats", "group_stats", "fit_ridge", "predict_chunks", "use_suffstats", "stats_key"]

@@ -259,3 +259,16 @@ def test_mlp_trains_from_chunks_of_a_lazy_featureset(toy):
     assert any(np.allclose(a.y_mean_, m, rtol=1e-6) for m in means)
     r = pearson_per_gene(fs.targets("C1", genes, "log1p_cp10k"), P)
     assert np.nanmean(r) > 0.3  # learnt the signal of a held-out patient
+
+
+def test_cross_validate_mlp_on_lazy_features_trains_from_chunks(toy, monkeypatch):
+    import stfeat.heads._mlp_chunks as mc
+    from stfeat.crossval import cross_validate
+
+    calls = []
+    real = mc.fit_mlp_featureset
+    monkeypatch.setattr(mc, "fit_mlp_featureset", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    cv = cross_validate(_load(toy, True), head="mlp", genes="hvg:5",
+                        head_params={"hidden": 16, "max_epochs": 3, "device": "cpu", "n_jobs": 1})
+    assert len(calls) == len(cv.rows) == 3
+    assert all(np.isfinite(P).all() for _, _, P, _ in cv.items)

@@ -77,7 +77,8 @@ class SampleFeatures:
     Attributes
     ----------
     features
-        Scale name (``f"{um:g}"``) -> (n, d) float32.
+        Scale name (``f"{um:g}"``) -> (n, d) float32, or a :class:`stfeat.cache.LazyRows` view of the
+        cache (read on demand; ``np.asarray`` reads it all) for a sample loaded lazily.
     neighbors, neighbor_dist_um
         (n, k) nearest other spots of the same sample (-1 = none) and their distances, or None.
     """

@@ -97,6 +97,12 @@ def test_suffstats_ridge_equals_ridgecvhead(cv, grouped, per_target):
     np.testing.assert_allclose(got.cv_scores_, ref.cv_scores_, rtol=1e-5)
 
 
+def test_public_names():
+    import stfeat as st
+
+    assert st.suffstats.solve is solve and "suffstats" in dir(st)
+
+
 def test_stats_summed_in_any_order_equal_all_at_once():
     X, Y, groups = _data(seed=1)
     whole = sample_stats(X=X, Y=Y, precision="float64")

@@ -154,7 +154,8 @@ def read_cache_lazy(path: str | Path, *, scales: Sequence[float | str] | None = 
             ds = f["features"][s]
             if ds.ndim != 2 or ds.shape[0] != n:
                 raise InputError(path, f"features/{s} has shape {ds.shape} but the file lists {n} spots: the "
-                                 "file is damaged.", "delete it and re-extract the sample (`stfeat extract ... --overwrite`).")
+                                 "file is damaged.",
+                                 "delete it and re-extract the sample (`stfeat extract ... --overwrite`).")
             feats[s] = LazyRows(path, f"features/{s}", ds.shape)
         if coords.shape != (n, 2):
             raise InputError(path, f"coords is {coords.shape}, not ({n}, 2): the file is damaged.",

@@ -157,4 +157,5 @@ def use_mlp_chunks(est: Any, fs: Any, layout: Mapping[str, Any]) -> bool:
     return type(est) is MLPHead and layout.get("kind") == "flat" and not layout.get("neighbor_mean") and fs.is_lazy
 
 
-__all__ = ["use_mlp_chunks", "featureset_stats", "group_stats", "fit_ridge", "predict_chunks", "use_suffstats", "stats_key"]
+__all__ = ["featureset_stats", "group_stats", "fit_ridge", "predict_chunks", "use_suffstats", "use_mlp_chunks",
+           "stats_key"]

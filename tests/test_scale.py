@@ -222,8 +222,8 @@ def test_predict_chunks_equals_predict_on_the_whole_matrix(toy):
     Y = X[:, :3] @ np.ones((3, 2)) + 1.0
     layout = {"kind": "flat", "scales": fs.scales, "neighbor_mean": False, "k_neighbors": 8}
     for est in (RidgeCVHead().fit(X, Y), KNNHead(n_neighbors=3).fit(X, Y)):
-        np.testing.assert_allclose(predict_chunks(est, fs, ids, layout, chunk_rows=13), est.predict(X).astype(np.float32),
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(predict_chunks(est, fs, ids, layout, chunk_rows=13),
+                                   est.predict(X).astype(np.float32), rtol=1e-6, atol=1e-6)
     ridge = RidgeCVHead().fit(X, Y)
     fast = predict_chunks(ridge, fs, ids, layout, chunk_rows=13, precision="float32")
     np.testing.assert_allclose(fast, ridge.predict(X), rtol=1e-5, atol=1e-5 * np.abs(Y).max())

@@ -207,11 +207,12 @@ def stats_path(cache_file: str | Path, key: str) -> Path:
     return p.with_name(f"{p.name}{STATS_SUFFIX}-{key}.npz")
 
 
-def write_stats(cache_file: str | Path, key: str, arrays: dict[str, np.ndarray]) -> Path:
+def write_stats(cache_file: str | Path, key: str, arrays: dict[str, np.ndarray], *, keep: int = 4) -> Path:
     """Write arrays beside a cache atomically (fresh temporary file, rename); plain ``.npz``, no pickle.
 
-    Older statistics of the same cache (other keys) are removed: they describe features or targets
-    that are no longer current, or another setting, and are cheap to recompute.
+    ``key`` is ``"{features}-{setting}"``: files of the same cache whose ``features`` part differs describe
+    features that are no longer current and are removed; of the current ones (other genes, transforms,
+    layouts) the ``keep`` most recent stay.
     """
     import io
 
@@ -221,9 +222,18 @@ def write_stats(cache_file: str | Path, key: str, arrays: dict[str, np.ndarray])
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     write_bytes(out, buf.getvalue())
-    for old in out.parent.glob(f"{Path(cache_file).name}{STATS_SUFFIX}-*.npz"):
-        if old.name != out.name and not old.is_symlink():
+    prefix = f"{Path(cache_file).name}{STATS_SUFFIX}-"
+    current = key.split("-")[0]
+    same = []
+    for old in out.parent.glob(f"{prefix}*.npz"):
+        if old.name == out.name or old.is_symlink():
+            continue
+        if old.name[len(prefix):].split("-")[0] != current:
             old.unlink(missing_ok=True)
+        else:
+            same.append(old)
+    for old in sorted(same, key=lambda p: p.stat().st_mtime_ns)[:max(0, len(same) - (keep - 1))]:
+        old.unlink(missing_ok=True)
     return out
 
 

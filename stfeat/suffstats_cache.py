@@ -3,7 +3,8 @@ fit / streaming prediction that :func:`stfeat.cross_validate` and :func:`stfeat.
 
 Each sample's :class:`stfeat.suffstats.SuffStats` is computed by streaming row chunks of its flat
 input (:meth:`stfeat.features.FeatureSet.iter_flat`) and written beside its cache as
-``{sample}.h5.stats-{key}.npz`` (:func:`stfeat.cache.write_stats`: atomic, no pickle). The key hashes
+``{sample}.h5.stats-{key}.npz`` (:func:`stfeat.cache.write_stats`: atomic, no pickle; files of changed
+features are removed, at most 4 settings kept per cache). The key hashes
 everything the sums depend on: the cache file (path, size, modification time, config hash and each
 feature dataset's shape, dtype and completion checksum), the row order (barcodes), the input layout
 (scales, neighbour mean, k), the genes, the transform, a checksum of the target matrix itself and the
@@ -33,12 +34,16 @@ def stats_key(sf: Any, layout: Mapping[str, Any], genes: Sequence[str], transfor
 
     if sf.source is None or not sf.source.is_file():
         return None
-    ident = {"v": _VERSION, "features": feature_fingerprint(sf.source, layout["scales"]),
-             "barcodes": checksum(np.asarray(sf.barcodes).astype("U")), "scales": list(layout["scales"]),
+    feats = {"v": _VERSION, "features": feature_fingerprint(sf.source, layout["scales"])}
+    ident = {"barcodes": checksum(np.asarray(sf.barcodes).astype("U")), "scales": list(layout["scales"]),
              "neighbor_mean": bool(layout.get("neighbor_mean")), "k": int(layout.get("k_neighbors", 8)),
              "genes": list(genes), "transform": transform, "targets": checksum(np.asarray(Y)),
              "precision": precision}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+    def h(obj: Any, n: int) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+    # "{features}-{the rest}": write_stats drops files of features that changed
+    return f"{h(feats, 12)}-{h([feats, ident], 20)}"
 
 
 def featureset_stats(fs: Any, ids: Sequence[str], genes: Sequence[str], transform: str, layout: Mapping[str, Any],

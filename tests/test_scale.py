@@ -181,6 +181,9 @@ def test_cached_stats_are_reused_and_invalidated_when_features_change(tmp_path, 
 
     ssc.featureset_stats(fs, ["A1"], genes[:2], "log1p_cp10k", layout)  # other genes: another key
     assert len(calls) == 1
+    assert len(list(tmp_path.rglob("A1.h5.stats-*.npz"))) == 2  # both settings kept
+    ssc.featureset_stats(fs, ["A1"], genes, "log1p_cp10k", layout)
+    assert len(calls) == 1
 
     # stage one rewrites A1's features: its statistics are recomputed and the stale file replaced
     s, z = toy_sample("A1", "A")

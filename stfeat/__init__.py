@@ -44,6 +44,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "heads": ("stfeat.heads", None),
     "pl": ("stfeat.pl", None),
     "datasets": ("stfeat.datasets", None),
+    "suffstats": ("stfeat.suffstats", None),
 }
 
 __all__ = ["__version__", "StfeatError", "InputError", *_LAZY]

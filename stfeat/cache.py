@@ -30,6 +30,10 @@ a file under the final name is always complete. A sidecar ``{sample_id}.h5.lock`
 (``fcntl.flock``) while a process writes; the OS releases it when that process dies. It is opened
 without following links and removed when the writer finishes (:mod:`stfeat._cache_lock`).
 
+Beside a cache, ``{sample_id}.h5.stats-{key}.npz`` holds stage-two sufficient statistics
+(:mod:`stfeat.suffstats_cache`; written atomically, plain arrays, no pickle; one key per cache).
+Large caches are read lazily, in row chunks (:mod:`stfeat._cache_lazy`).
+
 Integrity (:mod:`stfeat._cache_integrity`): file names are injective in the sample id (an id that
 is not filesystem-safe gets ``~`` + a hash of the exact id) and the stored ``sample_id`` is checked on
 every read; coords and each feature dataset carry a blake2b checksum (attr ``blake2b``) written at
@@ -486,6 +490,15 @@ def finalize(f: Any, *, scales_um: Sequence[float]) -> None:
 
 # integrity checks live in their own module; re-exported here, the cache's one front door
 from stfeat._cache_lock import cache_lock  # noqa: E402
+from stfeat._cache_lazy import (  # noqa: E402
+    LazyRows,
+    feature_bytes,
+    feature_fingerprint,
+    read_cache_lazy,
+    read_stats,
+    stats_path,
+    write_stats,
+)
 from stfeat._cache_integrity import (  # noqa: E402
     CHECKSUM_ATTR,
     _verified,
@@ -500,5 +513,6 @@ from stfeat._cache_integrity import (  # noqa: E402
 __all__ = [
     "CacheData", "cache_path", "encoder_tag", "scale_name", "read_cache", "read_attrs", "write_cache",
     "describe_cache", "cache_lock", "config_hash", "partial_path", "lock_path", "check_sample_id",
-    "verify_attrs", "checksum", "check_compatible",
+    "verify_attrs", "checksum", "check_compatible", "LazyRows", "read_cache_lazy", "feature_bytes", "feature_fingerprint",
+    "stats_path", "read_stats", "write_stats",
 ]

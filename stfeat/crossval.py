@@ -132,7 +132,7 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
                    split: str = "auto", head_params: dict | None = None, k_neighbors: int = 8,
                    neighbor_mean: bool = False, neighbor_scale: float | str | None = None, seed: int = 0,
                    metric_top_k: int = 10, standardize: str | None = None, conformal: float | None = 0.9,
-                   n_boot: int = 200) -> CVResult:
+                   n_boot: int = 200, suffstats: bool | None = None) -> CVResult:
     """Evaluate one head on ``features`` with leakage-proof outer folds.
 
     Parameters
@@ -166,6 +166,11 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
         on 3 inner folds per outer fold); ``None`` or 0 = off.
     n_boot
         Bootstrap resamples of the per-gene predictability intervals (:mod:`stfeat.predictability`).
+    suffstats
+        Fit the ``ridge`` head from per-sample sufficient statistics (:mod:`stfeat.suffstats`; one
+        streaming pass per sample, cached beside the feature caches) and predict in row chunks: True,
+        False, or None = when the features are read lazily (large samples). Same results either way.
+        On lazy features the ``mlp`` head trains from row chunks (:mod:`stfeat.heads._mlp_chunks`).
     """
     from stfeat import __version__
     from stfeat.domains import domain_agreement
@@ -203,28 +208,58 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
     split_str = f"{plan.mode} over {over}"
     prov = {**fs.provenance, "head": hname, "head_params": params_json, "gene_rule": str(rule),
             "transform": transform, "split": split_str, "stfeat_version": __version__}
+    from stfeat import suffstats_cache as ssc
+    from stfeat.errors import InputError
+
+    spot_folds = any(getattr(f, "train_masks", None) or getattr(f, "test_masks", None) for f in plan.folds)
+    by_stats = ssc.use_suffstats(probe, fs, layout, suffstats)
+    if by_stats and (spot_folds or fs.standardize != "none"):
+        if suffstats:
+            raise InputError(None, "suffstats=True works on whole-sample folds of features as cached, not with "
+                             f"split {plan.mode!r} / standardize={fs.standardize!r}.",
+                             "use suffstats=None, a sample-level split and standardize='none'.")
+        by_stats = False
+    chunked_mlp = not spot_folds and fs.standardize == "none"
+    if by_stats:  # one pass per sample for the union of the folds' genes; a fold takes its columns
+        union = list(dict.fromkeys(g for f in plan.folds for g in selections[f.name].genes))
+        col_of = {g: i for i, g in enumerate(union)}
+        stats = ssc.featureset_stats(fs, ids, union, transform, layout)
     rows, gene_rows, pieces, estimators, boot_pieces = [], [], {}, {}, []
     for fold in plan.folds:
         sel = selections[fold.name]
         tr_m, te_m = masked(fold, "train", fold.train), masked(fold, "test", fold.test)
         tr_rows, te_rows = np.concatenate(list(tr_m.values())), np.concatenate(list(te_m.values()))
         est = make_estimator(head, head_params, seed)
-        Ytr = np.concatenate([fs.targets(t, sel.genes, transform)[tr_m[t]] for t in fold.train])
-        sample_tr = fs.spot_samples(fold.train)[tr_rows]
-        groups = inner_groups(sample_tr, plan.groups)
-        log.info("%s | %s | fold %s: training on %s (%d spots, %d genes)", enc, hname, fold.name, fold.train,
-                 len(Ytr), len(sel.genes))
-        Xtr = take_rows(model_inputs(fs, fold.train, layout), tr_rows)
-        fit_estimator(est, Xtr, Ytr, groups)
+        Xtr = Ytr = groups = sample_tr = None  # in memory only on the plain path (conformal needs them)
+        if by_stats:
+            log.info("%s | %s | fold %s: training on %s from sufficient statistics (%d genes)", enc, hname,
+                     fold.name, fold.train, len(sel.genes))
+            ssc.fit_ridge(est, {t: stats[t] for t in fold.train}, plan.groups, [col_of[g] for g in sel.genes])
+            P = ssc.predict_chunks(est, fs, fold.test, layout)
+        elif chunked_mlp and ssc.use_mlp_chunks(est, fs, layout):
+            from stfeat.heads._mlp_chunks import fit_mlp_featureset
+
+            fit_mlp_featureset(est, fs, list(fold.train), list(sel.genes), transform, plan.groups)
+            P = ssc.predict_chunks(est, fs, fold.test, layout)
+        else:
+            Ytr = np.concatenate([fs.targets(t, sel.genes, transform)[tr_m[t]] for t in fold.train])
+            sample_tr = fs.spot_samples(fold.train)[tr_rows]
+            groups = inner_groups(sample_tr, plan.groups)
+            log.info("%s | %s | fold %s: training on %s (%d spots, %d genes)", enc, hname, fold.name, fold.train,
+                     len(Ytr), len(sel.genes))
+            Xtr = take_rows(model_inputs(fs, fold.train, layout), tr_rows)
+            fit_estimator(est, Xtr, Ytr, groups)
+            P = predict_estimator(est, take_rows(model_inputs(fs, fold.test, layout), te_rows))
         estimators[fold.name] = est
-        P = predict_estimator(est, take_rows(model_inputs(fs, fold.test, layout), te_rows))
         Yte = np.concatenate([fs.targets(t, sel.genes, transform)[te_m[t]] for t in fold.test])
         if P.shape != Yte.shape:
             raise RuntimeError(f"head {hname} predicted shape {P.shape}, expected {Yte.shape}")
         table = gene_metrics(Yte, P, sel.genes)
         conf = {}
         q = None
-        if coverage is not None:
+        if coverage is not None and Xtr is None:  # a chunked fit: the inner refits would read everything
+            conf = {"conformal_nominal": coverage, "conformal_inner": "skipped (chunked fit of large samples)"}
+        elif coverage is not None:
             coords_tr = np.concatenate([fs.samples[t].coords_um[tr_m[t]] for t in fold.train])
             q, how = calibrate(lambda: make_estimator(head, head_params, seed), fit_estimator, predict_estimator,
                                Xtr, Ytr, groups, sample_tr, coords_tr, coverage, n_inner=N_INNER, seed=seed)
@@ -244,7 +279,7 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
                                              None if q is None else q))
             start += n
         rows.append({"encoder": enc, "head": hname, "fold": fold.name, "test_samples": ";".join(fold.test),
-                     "train_samples": ";".join(fold.train), "n_test_spots": len(Yte), "n_train_spots": len(Ytr),
+                     "train_samples": ";".join(fold.train), "n_test_spots": len(Yte), "n_train_spots": int(tr_rows.sum()),
                      **summ, **conf, **{f"r_{t}": v for t, v in per_sample.items()}, **head_diagnostics(est), **prov,
                      "genes": ";".join(sel.genes)})
         tdf = table.reset_index()

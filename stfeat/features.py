@@ -21,14 +21,22 @@ sample, within rounding, keeps scale 1, so it becomes 0). Flat inputs, the neigh
 built from the standardised features, so each scale of ``flat()`` has mean 0 and std 1 per sample. A fitted
 :class:`stfeat.Model` records the mode in its layout and applies it to a new sample with the new sample's own
 statistics (:attr:`SampleFeatures.standardize_stats` overrides them: grid predictions use the measured spots').
+
+Large samples (Visium HD: ~600k bins) are read lazily: when a sample's chosen scales would take more
+than :data:`LAZY_THRESHOLD_BYTES` as float32 (or when ``lazy=True`` is asked for), its features are
+:class:`stfeat.cache.LazyRows` views of the HDF5 datasets instead of arrays, and heads that scale
+read them in row chunks (:meth:`FeatureSet.iter_flat`; ridge through :mod:`stfeat.suffstats`).
+``np.asarray`` of a lazy view, :meth:`FeatureSet.flat` and :meth:`FeatureSet.tokens` still work and
+read everything, as before.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -46,6 +54,24 @@ def check_standardize(mode: Any) -> str:
         raise InputError(None, f"standardize={mode!r} is not a per-slide standardisation mode.",
                          f"use one of: {', '.join(STANDARDIZE)}.")
     return str(mode)
+
+#: a sample whose chosen scales take more float32 bytes than this is read lazily (``lazy=None``);
+#: ``$STFEAT_LAZY_BYTES`` overrides it. 1 GiB = ~87k spots x 3 scales x 1,024 features.
+LAZY_THRESHOLD_BYTES = 1 << 30
+#: rows per chunk handed to heads by :meth:`FeatureSet.iter_flat` (3,072 float32 features: 200 MB)
+CHUNK_ROWS = 16384
+
+
+def lazy_threshold() -> int:
+    """:data:`LAZY_THRESHOLD_BYTES`, or ``$STFEAT_LAZY_BYTES`` when set."""
+    v = os.environ.get("STFEAT_LAZY_BYTES")
+    if v in (None, ""):
+        return LAZY_THRESHOLD_BYTES
+    try:
+        return int(float(v))
+    except ValueError:
+        raise InputError(None, f"STFEAT_LAZY_BYTES={v!r} is not a number of bytes.",
+                         "set it to e.g. 1e9, or unset it.") from None
 
 
 def scale_name(scale: float | str) -> str:
@@ -70,7 +96,8 @@ class SampleFeatures:
     Attributes
     ----------
     features
-        Scale name (``f"{um:g}"``) -> (n, d) float32.
+        Scale name (``f"{um:g}"``) -> (n, d) float32, or a :class:`stfeat.cache.LazyRows` view of the
+        cache (read on demand; ``np.asarray`` reads it all) for a sample loaded lazily.
     neighbors, neighbor_dist_um
         (n, k) nearest other spots of the same sample (-1 = none) and their distances, or None.
     tissue_fraction
@@ -101,24 +128,52 @@ class SampleFeatures:
         return int(len(self.barcodes))
 
     @property
+    def is_lazy(self) -> bool:
+        """True when the features stay on disk (:class:`stfeat.cache.LazyRows`)."""
+        return any(not isinstance(v, np.ndarray) for v in self.features.values())
+
+    def flat_rows(self, scales: Sequence[str], start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of the scales concatenated, (m, d * len(scales)) float32 (into ``out`` if given)."""
+        start, stop = max(0, int(start)), min(self.n_spots, int(stop))
+        widths = [self.features[s].shape[1] for s in scales]
+        if out is None:
+            out = np.empty((max(0, stop - start), sum(widths)), np.float32)
+        at = 0
+        for s, w in zip(scales, widths):
+            v = self.features[s]
+            if hasattr(v, "rows"):
+                v.rows(start, stop, out=out[:, at:at + w])
+            else:
+                out[:, at:at + w] = v[start:stop]
+            at += w
+        return out
+
+    @property
     def coords_um(self) -> np.ndarray:
         return np.asarray(self.coords_px, dtype=np.float64) * float(self.um_per_px)
 
     @classmethod
     def from_cache(cls, path: str | Path, *, scales: Sequence[str] | None = None, patient: str | None = None,
-                   sample_id: str | None = None) -> "SampleFeatures":
-        """Read a stage-one cache file (only the chosen scales) via ``stfeat.cache.read_cache``."""
-        from stfeat.cache import read_cache
+                   sample_id: str | None = None, lazy: bool | None = None) -> "SampleFeatures":
+        """Read a stage-one cache file (only the chosen scales) via ``stfeat.cache.read_cache``.
+
+        ``lazy``: True = features stay on disk as :class:`stfeat.cache.LazyRows`; False = read as float32
+        arrays; None = lazy when they would take more than :func:`lazy_threshold` bytes.
+        """
+        from stfeat.cache import feature_bytes, read_cache, read_cache_lazy
 
         path = Path(path)
         names = None if scales is None else [scale_name(s) for s in scales]
         try:
-            data = read_cache(path, scales=None if names is None else [float(s) for s in names],
-                              sample_id=sample_id)
+            if lazy is None:
+                lazy = feature_bytes(path, names) > lazy_threshold()
+            reader = read_cache_lazy if lazy else read_cache
+            data = reader(path, scales=None if names is None else [float(s) for s in names],
+                          sample_id=sample_id)
         except (OSError, KeyError) as exc:
             raise InputError(path, f"cannot read the feature cache ({exc}).",
                              "re-run `stfeat extract` for this sample (add --overwrite).") from None
-        feats = {scale_name(k): np.asarray(v, dtype=np.float32) for k, v in data.features.items()}
+        feats = {scale_name(k): (v if lazy else np.asarray(v, dtype=np.float32)) for k, v in data.features.items()}
         if names is not None:
             absent = [s for s in names if s not in feats]
             if absent:
@@ -261,7 +316,7 @@ class FeatureSet:
 
     @classmethod
     def from_caches(cls, samples: Sequence[tuple[str, str | None, Path, Sequence[str], str | Path | None]], *,
-                    scales: Sequence[str | float] | None = None) -> "FeatureSet":
+                    scales: Sequence[str | float] | None = None, lazy: bool | None = None) -> "FeatureSet":
         """Load caches: one ``(sample_id, patient, cache_path, sample_barcodes, sample_path)`` per sample.
 
         The caches must agree on the encoder configuration (``stfeat.cache.check_compatible``); without
@@ -273,17 +328,19 @@ class FeatureSet:
                                   scales)
         out = []
         for sid, patient, path, barcodes, spath in samples:
-            sf = SampleFeatures.from_cache(path, scales=scales, patient=patient, sample_id=sid)
+            sf = SampleFeatures.from_cache(path, scales=scales, patient=patient, sample_id=sid, lazy=lazy)
             out.append(sf.aligned_to(barcodes, sample_path=spath))
         return cls(out, scales=scales)
 
     @classmethod
     def load(cls, samples: Any, *, encoder: str, cache_dir: str | Path,
-             scales_um: Sequence[float | str] | None = None, standardize: str = "none") -> "FeatureSet":
+             scales_um: Sequence[float | str] | None = None, standardize: str = "none",
+             lazy: bool | None = None) -> "FeatureSet":
         """The cached features of ``samples`` for ``encoder``, with their counts for stage two.
 
         ``samples`` is anything :func:`stfeat.io.as_samples` takes. A missing cache is an InputError
-        naming the ``stfeat extract`` command to run. ``standardize``: see :class:`FeatureSet`.
+        naming the ``stfeat extract`` command to run. ``standardize``: see :class:`FeatureSet`; ``lazy``: see
+        :meth:`SampleFeatures.from_cache`.
         """
         check_standardize(standardize)
         import os
@@ -308,7 +365,7 @@ class FeatureSet:
         out = []
         for s in loaded:
             sf = SampleFeatures.from_cache(paths[s.sample_id], scales=scales_um, patient=s.patient,
-                                           sample_id=s.sample_id)
+                                           sample_id=s.sample_id, lazy=lazy)
             sf = sf.aligned_to(s.barcodes, sample_path=s.meta.get("source_path"))
             sf.expression, sf.sample = Expression.from_sample(s), s
             out.append(sf)
@@ -396,6 +453,43 @@ class FeatureSet:
         """X (n, d * n_scales [* 2]) float32 for flat heads: scales concatenated [+ neighbour mean]."""
         return np.concatenate([flat_features(self.samples[s], self.scales, neighbor_mean=neighbor_mean, k=k,
                                              standardize=self.standardize) for s in ids])
+
+    @property
+    def is_lazy(self) -> bool:
+        """True when any sample's features stay on disk."""
+        return any(s.is_lazy for s in self.samples.values())
+
+    def iter_flat(self, ids: Sequence[str], *, chunk_rows: int = CHUNK_ROWS, neighbor_mean: bool = False,
+                  k: int = 8, reuse_buffer: bool = False) -> Iterator[tuple[str, int, np.ndarray]]:
+        """Row chunks of :meth:`flat`: ``(sample_id, first row within that sample, X chunk)``, in order.
+
+        Every row of every sample of ``ids`` comes exactly once; a chunk never spans two samples. A lazy
+        sample is read ``chunk_rows`` rows at a time. ``neighbor_mean`` needs a sample's other rows, so
+        it is only offered for samples held in memory. ``reuse_buffer``: every chunk is written into one
+        buffer (faster: no fresh pages per chunk), so a chunk is only valid until the next is asked for.
+        """
+        if int(chunk_rows) < 1:
+            raise ValueError(f"chunk_rows must be >= 1; got {chunk_rows}")
+        buf = None
+        for s in ids:
+            sf = self.samples[s]
+            if neighbor_mean:
+                if sf.is_lazy:
+                    raise InputError(sf.source, "neighbor_mean needs the whole sample in memory, but its features "
+                                     "are read lazily (too large).",
+                                     "use neighbor_mean=False, or load with lazy=False (enough memory needed).")
+                X = flat_features(sf, self.scales, neighbor_mean=True, k=k)
+                for a in range(0, sf.n_spots, int(chunk_rows)):
+                    yield s, a, X[a:a + int(chunk_rows)]
+                continue
+            for a in range(0, sf.n_spots, int(chunk_rows)):
+                m = min(int(chunk_rows), sf.n_spots - a)
+                if reuse_buffer:
+                    if buf is None:
+                        buf = np.empty((int(chunk_rows), self.dim * len(self.scales)), np.float32)
+                    yield s, a, sf.flat_rows(self.scales, a, a + m, out=buf[:m])
+                else:
+                    yield s, a, sf.flat_rows(self.scales, a, a + m)
 
     def tokens(self, ids: Sequence[str], *, k: int = 8, neighbor_scale: str | None = None) -> dict[str, np.ndarray]:
         """Token tensors for the attention head; see :func:`token_features`."""

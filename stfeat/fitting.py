@@ -37,7 +37,7 @@ def _as_list(x: Any) -> list:
 def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform: str = "log1p_cp10k",
         split: str = "auto", head_params: dict | None = None, k_neighbors: int = 8, neighbor_mean: bool = False,
         neighbor_scale: float | str | None = None, seed: int = 0, intercept: bool = True,
-        standardize: str | None = None):
+        standardize: str | None = None, suffstats: bool | None = None):
     """Fit one head on ALL samples of ``features`` (genes chosen on all of them): the model for prediction.
 
     Parameters
@@ -56,6 +56,8 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
         Give ``hest-ridge`` an intercept, so predictions are in the target's units (HEST's intercept-free
         protocol is kept for its cross-validated benchmark numbers, where Pearson r does not depend on it;
         an explicit ``fit_intercept`` in ``head_params`` wins).
+    suffstats
+        As in :func:`stfeat.crossval.cross_validate`: ridge from per-sample sufficient statistics.
 
     Returns
     -------
@@ -85,8 +87,23 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     split_mode = "refit on all samples"
     notes = [] if len(ids) >= 2 else ["refit on a single sample"]
     layout = layout_for(est, fs, k_neighbors=k_neighbors, neighbor_mean=neighbor_mean, neighbor_scale=neighbor_scale)
-    Y = np.concatenate([fs.targets(s, sel.genes, transform) for s in ids])
-    fit_estimator(est, model_inputs(fs, ids, layout), Y, inner_groups(fs.spot_samples(ids), groups_of))
+    from stfeat import suffstats_cache as ssc
+
+    raw = fs.standardize == "none"  # the statistics and chunks are of the features as cached
+    if not raw and suffstats:
+        from stfeat.errors import InputError
+
+        raise InputError(None, f"suffstats=True works on features as cached, not standardize={fs.standardize!r}.",
+                         "use suffstats=None, or standardize='none'.")
+    if raw and ssc.use_suffstats(est, fs, layout, suffstats):
+        ssc.fit_ridge(est, ssc.featureset_stats(fs, ids, sel.genes, transform, layout), groups_of)
+    elif raw and ssc.use_mlp_chunks(est, fs, layout):
+        from stfeat.heads._mlp_chunks import fit_mlp_featureset
+
+        fit_mlp_featureset(est, fs, list(ids), list(sel.genes), transform, groups_of)
+    else:
+        Y = np.concatenate([fs.targets(s, sel.genes, transform) for s in ids])
+        fit_estimator(est, model_inputs(fs, ids, layout), Y, inner_groups(fs.spot_samples(ids), groups_of))
     attrs = fs.samples[ids[0]].attrs
     return Model(estimator=est, head=hname, genes=list(sel.genes), transform=transform, layout=layout,
                  encoder=fs.provenance["encoder"],

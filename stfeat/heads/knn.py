@@ -19,7 +19,11 @@ class KNNHead(BaseHead):
     with no contrastive training. Features are standardised with the training statistics; with
     ``metric="cosine"`` they are then L2-normalised and searched by inner product
     (``faiss.IndexFlatIP``), with ``metric="l2"`` by Euclidean distance (``faiss.IndexFlatL2``).
-    Exact search, so results are deterministic.
+    Exact search, so results are deterministic, up to ``ivf_threshold`` training spots (1,000,000 by
+    default; Visium HD gives ~600k bins per slide); beyond it (``index="auto"``) the search is
+    approximate: an inverted-file index (``faiss.IndexIVFFlat``, ``nlist`` k-means cells trained with a
+    fixed seed on at most 256 spots per cell, ``nprobe`` cells searched per query), moved to the GPU
+    when FAISS sees one. A loaded head rebuilds its index from the stored vectors.
 
     Parameters
     ----------
@@ -36,6 +40,12 @@ class KNNHead(BaseHead):
     pca_components
         Optional PCA to this many dimensions after standardisation (faster search, less noise);
         ``None`` keeps all features.
+    index
+        ``"auto"`` (exact below ``ivf_threshold`` training spots, IVF from it), ``"flat"`` or ``"ivf"``.
+    ivf_threshold
+        Training spots from which ``index="auto"`` uses IVF.
+    nlist, nprobe
+        IVF cells (default ``4 * sqrt(n_train)``, at most ``n_train / 39``) and cells searched per query.
     n_jobs
         FAISS (OpenMP) and BLAS threads (scikit-learn's convention); ``None`` =
         ``$STFEAT_CPU_THREADS`` or the cores of the process's CPU affinity
@@ -53,13 +63,18 @@ class KNNHead(BaseHead):
     _fitted_attr = "Y_train_"
 
     def __init__(self, n_neighbors: int = 32, *, metric: str = "cosine", weighting: str = "softmax",
-                 temperature: float = 0.05, pca_components: int | None = None,
+                 temperature: float = 0.05, pca_components: int | None = None, index: str = "auto",
+                 ivf_threshold: int = 1_000_000, nlist: int | None = None, nprobe: int = 32,
                  n_jobs: int | None = None):
         self.n_neighbors = n_neighbors
         self.metric = metric
         self.weighting = weighting
         self.temperature = temperature
         self.pca_components = pca_components
+        self.index = index
+        self.ivf_threshold = ivf_threshold
+        self.nlist = nlist
+        self.nprobe = nprobe
         self.n_jobs = n_jobs
 
     def _embed(self, X: np.ndarray) -> np.ndarray:
@@ -79,6 +94,8 @@ class KNNHead(BaseHead):
                              f"{self.weighting!r}.")
         if int(self.n_neighbors) < 1:
             raise ValueError(f"n_neighbors must be >= 1; got {self.n_neighbors}.")
+        if self.index not in ("auto", "flat", "ivf"):
+            raise ValueError(f"index must be 'auto', 'flat' or 'ivf'; got {self.index!r}.")
         X, Y = self._check_xy(X, Y)
         self.mean_, self.scale_ = standardize_fit(X)
         self.components_ = self.pca_mean_ = None
@@ -99,14 +116,39 @@ class KNNHead(BaseHead):
         self._get_index()  # built now, so predict never changes the estimator's state
         return self
 
+    def index_kind(self, n_train: int | None = None) -> str:
+        """``"flat"`` (exact) or ``"ivf"`` for ``n_train`` training spots (default: the fitted ones)."""
+        n = len(self.index_features_) if n_train is None else int(n_train)
+        if self.index == "auto":
+            return "ivf" if n >= int(self.ivf_threshold) else "flat"
+        return self.index
+
     def _get_index(self):
         import faiss
 
         if getattr(self, "_index", None) is None:
-            d = self.index_features_.shape[1]
-            index = faiss.IndexFlatIP(d) if self.metric == "cosine" else faiss.IndexFlatL2(d)
-            index.add(self.index_features_)
+            V = self.index_features_
+            n, d = V.shape
+            flat = faiss.IndexFlatIP(d) if self.metric == "cosine" else faiss.IndexFlatL2(d)
+            if self.index_kind() == "flat":
+                index = flat
+            else:
+                nlist = int(self.nlist) if self.nlist else int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
+                metric = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
+                index = faiss.IndexIVFFlat(flat, d, nlist, metric)
+                index.cp.seed = 0
+                m = min(n, 256 * nlist)
+                train = V if m == n else V[np.sort(np.random.default_rng(0).choice(n, m, replace=False))]
+                index.train(np.ascontiguousarray(train))
+                index.nprobe = max(1, min(int(self.nprobe), nlist))
+                self._quantizer = flat  # the IVF index points into it
+            if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 and self.index_kind() == "ivf":
+                self._gpu_res = faiss.StandardGpuResources()
+                index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+            index.add(V)
             self._index = index
+            logger.info("knn: %s index over %d spots%s", self.index_kind(), n,
+                        " on the GPU" if getattr(self, "_gpu_res", None) is not None else "")
         return self._index
 
     def kneighbors(self, X) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +193,8 @@ class KNNHead(BaseHead):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_index"] = None  # FAISS indexes do not pickle; rebuilt on first predict
+        state.pop("_gpu_res", None)
+        state.pop("_quantizer", None)
         return state
 
     def _get_state(self):

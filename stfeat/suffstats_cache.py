@@ -1,0 +1,166 @@
+"""Sufficient statistics of a FeatureSet's samples, cached beside their feature caches, and the ridge
+fit / streaming prediction that :func:`stfeat.cross_validate` and :func:`stfeat.fit` use at scale.
+
+Each sample's :class:`stfeat.suffstats.SuffStats` is computed by streaming row chunks of its flat
+input (:meth:`stfeat.features.FeatureSet.iter_flat`) and written beside its cache as
+``{sample}.h5.stats-{key}.npz`` (:func:`stfeat.cache.write_stats`: atomic, no pickle; files of changed
+features are removed, at most 4 settings kept per cache). The key hashes
+everything the sums depend on: the cache file (path, size, modification time, config hash and each
+feature dataset's shape, dtype and completion checksum), the row order (barcodes), the input layout
+(scales, neighbour mean, k), the genes, the transform, a checksum of the target matrix itself and the
+precision; a stale file is therefore never used, only left to be replaced. Samples held only in
+memory (no cache file) are computed, not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from stfeat.suffstats import SuffStats, combine, sample_stats, solve
+
+log = logging.getLogger(__name__)
+_VERSION = 1
+
+
+def stats_key(sf: Any, layout: Mapping[str, Any], genes: Sequence[str], transform: str, Y: np.ndarray,
+              precision: str) -> str | None:
+    """The key of one sample's statistics, or None when it has no cache file to key them to."""
+    from stfeat.cache import checksum, feature_fingerprint
+
+    if sf.source is None or not sf.source.is_file():
+        return None
+    feats = {"v": _VERSION, "features": feature_fingerprint(sf.source, layout["scales"])}
+    ident = {"barcodes": checksum(np.asarray(sf.barcodes).astype("U")), "scales": list(layout["scales"]),
+             "neighbor_mean": bool(layout.get("neighbor_mean")), "k": int(layout.get("k_neighbors", 8)),
+             "genes": list(genes), "transform": transform, "targets": checksum(np.asarray(Y)),
+             "precision": precision}
+
+    def h(obj: Any, n: int) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+    # "{features}-{the rest}": write_stats drops files of features that changed
+    return f"{h(feats, 12)}-{h([feats, ident], 20)}"
+
+
+def featureset_stats(fs: Any, ids: Sequence[str], genes: Sequence[str], transform: str, layout: Mapping[str, Any],
+                     *, cache: bool = True, precision: str = "float32", chunk_rows: int | None = None
+                     ) -> dict[str, SuffStats]:
+    """Sample id -> statistics of its flat input (``layout``) and targets (``genes``, ``transform``)."""
+    from stfeat.cache import read_stats, write_stats
+    from stfeat.features import CHUNK_ROWS
+
+    out = {}
+    for sid in ids:
+        sf = fs.samples[sid]
+        Y = fs.targets(sid, list(genes), transform)
+        key = stats_key(sf, layout, genes, transform, Y, precision) if cache else None
+        got = None if key is None else read_stats(sf.source, key)
+        if got is not None:
+            out[sid] = SuffStats.from_arrays(got)
+            log.info("sufficient statistics of %s reused (%s)", sid, key)
+            continue
+        chunks = ((X, Y[a:a + len(X)]) for _, a, X in fs.iter_flat(
+            [sid], chunk_rows=chunk_rows or CHUNK_ROWS, neighbor_mean=bool(layout.get("neighbor_mean")),
+            k=int(layout.get("k_neighbors", 8)), reuse_buffer=True))
+        out[sid] = sample_stats(chunks, precision=precision)
+        if key is not None:
+            try:
+                write_stats(sf.source, key, out[sid].to_arrays())
+            except OSError as exc:  # a read-only cache folder: compute again next time
+                log.warning("cannot store the statistics of %s beside %s (%s)", sid, sf.source, exc)
+    return out
+
+
+def group_stats(stats: Mapping[str, SuffStats], group_of: Mapping[str, str], cols: Sequence[int] | None = None
+                ) -> dict[str, SuffStats]:
+    """Statistics per group (the samples of a group summed), optionally for a subset of the gene columns.
+
+    The grouping is :func:`stfeat.evaluate.inner_groups`'s: the given groups when there are two or more
+    among these samples, else each sample is its own group.
+    """
+    labels = {s: str(group_of[s]) for s in stats}
+    if len(set(labels.values())) < 2:
+        labels = {s: s for s in stats}
+    out: dict[str, list[SuffStats]] = {}
+    for s in sorted(stats):
+        out.setdefault(labels[s], []).append(stats[s] if cols is None else stats[s].genes(cols))
+    return {g: combine(v) for g, v in out.items()}
+
+
+def fit_ridge(est: Any, stats: Mapping[str, SuffStats], group_of: Mapping[str, str],
+              cols: Sequence[int] | None = None):
+    """Fit an unfitted RidgeCVHead ``est`` from per-sample statistics, grouped as the in-memory path groups."""
+    return solve(group_stats(stats, group_of, cols), est)
+
+
+def predict_chunks(est: Any, fs: Any, ids: Sequence[str], layout: Mapping[str, Any], *,
+                   chunk_rows: int | None = None, precision: str = "float64") -> np.ndarray:
+    """``est.predict`` over row chunks of the flat input of ``ids`` (float32 (n, g)): X is never whole.
+
+    For ``ridge``, ``precision="float64"`` is ``RidgeCVHead.predict``'s own product (a spot's prediction
+    does not depend on the rows it is batched with); ``"float32"`` is about 3x faster and agrees to float32
+    rounding (~1e-6 relative), but its last bits depend on where a row falls in the BLAS blocks.
+    """
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be 'float32' or 'float64'; got {precision!r}")
+    from stfeat.features import CHUNK_ROWS
+
+    from stfeat.heads.ridge import RidgeCVHead
+
+    n = sum(fs.samples[s].n_spots for s in ids)
+    out, at, buf = None, 0, None
+    ridge = type(est) is RidgeCVHead
+    dt = np.dtype(precision)
+    coef = np.ascontiguousarray(np.asarray(est.coef_, dt).T) if ridge else None
+    for _, _, X in fs.iter_flat(ids, chunk_rows=chunk_rows or CHUNK_ROWS, reuse_buffer=True,
+                                neighbor_mean=bool(layout.get("neighbor_mean")), k=int(layout.get("k_neighbors", 8))):
+        if ridge:  # RidgeCVHead.predict's float64 product, into reused buffers
+            if X.shape[1] != coef.shape[0]:
+                est._check_x(X[:1])  # raises, naming the mismatch
+            if dt == np.float32:
+                P = X @ coef
+                P += est.intercept_.astype(np.float32)
+            else:
+                if buf is None:
+                    buf = np.empty(X.shape, np.float64)
+                B = buf[:len(X)]
+                B[...] = X
+                P = (B @ coef + est.intercept_).astype(np.float32)
+        else:
+            P = np.asarray(est.predict(X), dtype=np.float32).reshape(len(X), -1)
+        if out is None:
+            out = np.empty((n, P.shape[1]), np.float32)
+        out[at:at + len(P)] = P
+        at += len(P)
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def use_suffstats(est: Any, fs: Any, layout: Mapping[str, Any], option: bool | None) -> bool:
+    """Whether a fit goes through statistics: ``option`` True/False, or (None) a ridge head on lazy features."""
+    from stfeat.errors import InputError
+    from stfeat.heads.ridge import RidgeCVHead
+
+    is_ridge = type(est) is RidgeCVHead and layout.get("kind") == "flat"
+    if option:
+        if not is_ridge:
+            raise InputError(None, f"suffstats=True needs the 'ridge' head on flat inputs, not {type(est).__name__}.",
+                             "use head='ridge', or suffstats=None.")
+        return True
+    if option is None:
+        return is_ridge and fs.is_lazy
+    return False
+
+
+def use_mlp_chunks(est: Any, fs: Any, layout: Mapping[str, Any]) -> bool:
+    """Whether an mlp trains from row chunks: the ``mlp`` head on flat inputs of lazy features."""
+    from stfeat.heads.mlp import MLPHead
+
+    return type(est) is MLPHead and layout.get("kind") == "flat" and not layout.get("neighbor_mean") and fs.is_lazy
+
+
+__all__ = ["featureset_stats", "group_stats", "fit_ridge", "predict_chunks", "use_suffstats", "use_mlp_chunks",
+           "stats_key"]

@@ -1,0 +1,283 @@
+"""Stage two at scale (issue 13): lazy FeatureSet, ridge from sufficient statistics, cached statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stfeat.errors import InputError
+from stfeat.features import FeatureSet
+from stfeat.heads.ridge import RidgeCVHead
+from stfeat.suffstats import SuffStats, combine, sample_stats, solve
+from test_fit_support import ENCODER, toy_dataset, toy_sample, write_toy_cache
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    return root / "cache", toy_dataset(root / "cache")
+
+
+def _load(toy, lazy):
+    cache, samples = toy
+    return FeatureSet.load(samples, encoder=ENCODER, cache_dir=cache, lazy=lazy)
+
+
+def _data(n=600, d=24, g=5, seed=0):
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, d)) * rng.uniform(0.5, 3, d) + rng.uniform(-2, 5, d)).astype(np.float32)
+    Y = X @ rng.standard_normal((d, g)) * 0.3 + 2 * rng.standard_normal((n, g)) + 1
+    return X, Y, np.repeat(np.array(list("ABCDEF")), n // 6)
+
+
+# ------------------------------------------------------------------------------------------ lazy FeatureSet
+def test_lazy_featureset_gives_the_in_memory_flat_and_tokens(toy):
+    mem, lazy = _load(toy, False), _load(toy, True)
+    assert lazy.is_lazy and not mem.is_lazy
+    ids = mem.sample_ids
+    np.testing.assert_array_equal(lazy.flat(ids), mem.flat(ids))
+    t1, t2 = lazy.tokens(ids[:2], k=4), mem.tokens(ids[:2], k=4)
+    np.testing.assert_array_equal(t1["X"], t2["X"])
+
+
+def test_lazy_view_follows_the_sample_order_of_a_shuffled_cache(tmp_path):
+    s, z = toy_sample("S1", "P", n_side=8)
+    write_toy_cache(tmp_path, s, z, shuffle=True)
+    mem = FeatureSet.load([s], encoder=ENCODER, cache_dir=tmp_path, lazy=False)
+    lazy = FeatureSet.load([s], encoder=ENCODER, cache_dir=tmp_path, lazy=True)
+    np.testing.assert_array_equal(lazy.flat(["S1"]), mem.flat(["S1"]))
+    chunks = [X for _, _, X in lazy.iter_flat(["S1"], chunk_rows=5)]
+    np.testing.assert_array_equal(np.concatenate(chunks), mem.flat(["S1"]))
+
+
+def test_size_threshold_switches_to_lazy(toy, monkeypatch):
+    assert not _load(toy, None).is_lazy  # tiny caches stay in memory
+    monkeypatch.setenv("STFEAT_LAZY_BYTES", "1")
+    assert _load(toy, None).is_lazy
+    monkeypatch.setenv("STFEAT_LAZY_BYTES", "lots")
+    with pytest.raises(InputError, match="STFEAT_LAZY_BYTES"):
+        _load(toy, None)
+
+
+def test_chunk_iterator_covers_every_row_once(toy):
+    fs = _load(toy, True)
+    ids = fs.sample_ids
+    seen = {s: [] for s in ids}
+    parts = []
+    for sid, start, X in fs.iter_flat(ids, chunk_rows=7):
+        assert 0 < len(X) <= 7
+        seen[sid].append((start, start + len(X)))
+        parts.append(X)
+    for sid in ids:
+        spans = seen[sid]
+        assert spans[0][0] == 0 and spans[-1][1] == fs.samples[sid].n_spots
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    np.testing.assert_array_equal(np.concatenate(parts), _load(toy, False).flat(ids))
+
+
+def test_neighbor_mean_of_a_lazy_sample_is_refused_by_name(toy):
+    with pytest.raises(InputError, match="neighbor_mean"):
+        next(_load(toy, True).iter_flat(["A1"], neighbor_mean=True))
+
+
+# ------------------------------------------------------------------------------------------ statistics
+@pytest.mark.parametrize("cv,grouped", [("gcv", False), ("auto", True), (3, True)])
+@pytest.mark.parametrize("per_target", [False, True])
+def test_suffstats_ridge_equals_ridgecvhead(cv, grouped, per_target):
+    X, Y, groups = _data()
+    ref = RidgeCVHead(cv=cv, alpha_per_target=per_target).fit(X, Y, groups=groups if grouped else None)
+    if grouped:
+        stats = {g: sample_stats(X=X[groups == g], Y=Y[groups == g], precision="float64") for g in "ABCDEF"}
+    else:
+        stats = sample_stats(X=X, Y=Y, precision="float64")
+    got = solve(stats, RidgeCVHead(cv=cv, alpha_per_target=per_target))
+    np.testing.assert_array_equal(np.atleast_1d(got.alpha_), np.atleast_1d(ref.alpha_))
+    P, Pref = got.predict(X), ref.predict(X)
+    assert np.abs(P - Pref).max() <= 1e-6 * np.abs(Pref).max()
+    np.testing.assert_allclose(got.cv_scores_, ref.cv_scores_, rtol=1e-5)
+
+
+def test_public_names():
+    import stfeat as st
+
+    assert st.suffstats.solve is solve and "suffstats" in dir(st)
+
+
+def test_stats_summed_in_any_order_equal_all_at_once():
+    X, Y, groups = _data(seed=1)
+    whole = sample_stats(X=X, Y=Y, precision="float64")
+    parts = [sample_stats(X=X[groups == g], Y=Y[groups == g], precision="float64") for g in "ABCDEF"]
+    for order in ([0, 1, 2, 3, 4, 5], [5, 3, 1, 0, 4, 2]):
+        tot = combine(parts[i] for i in order)
+        assert tot.n == whole.n
+        for a, b in zip(tot.centred(), whole.centred()):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9 * np.abs(b).max())
+    # a round trip through plain arrays (the cache format) keeps them
+    back = SuffStats.from_arrays(whole.to_arrays())
+    np.testing.assert_array_equal(back.sxx, whole.sxx)
+    with pytest.raises(InputError, match="cannot be combined"):
+        whole + sample_stats(X=X[:, :5], Y=Y)
+
+
+def test_float32_chunk_products_stay_close():
+    X, Y, _ = _data(seed=2)
+    ref = solve(sample_stats(X=X, Y=Y, precision="float64"))
+    got = solve(sample_stats(X=X, Y=Y, chunk_rows=64))
+    assert got.alpha_ == ref.alpha_
+    np.testing.assert_allclose(got.predict(X), ref.predict(X), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+@pytest.mark.parametrize("with_patients,cv", [(True, "auto"), (False, "auto"), (False, 2)])
+def test_cross_validate_from_stats_gives_the_same_results(tmp_path, with_patients, cv):
+    from stfeat.crossval import cross_validate
+
+    samples = toy_dataset(tmp_path, with_patients=with_patients)
+    fs = FeatureSet.load(samples, encoder=ENCODER, cache_dir=tmp_path, lazy=True)
+    kw = dict(head="ridge", genes="hvg:10", head_params={"cv": cv})
+    a = cross_validate(fs, suffstats=False, **kw)
+    b = cross_validate(fs, **kw)  # lazy features: statistics by default
+    assert list(tmp_path.rglob("*.stats-*.npz"))
+    for fold in a.estimators:
+        assert np.all(a.estimators[fold].alpha_ == b.estimators[fold].alpha_)
+    for (_, s1, P1, _), (_, s2, P2, _) in zip(a.items, b.items):
+        assert s1 == s2
+        assert np.abs(P1 - P2).max() <= 1e-4 * np.abs(P1).max()
+    assert abs(a.mean_r - b.mean_r) < 1e-4
+
+
+def test_fit_from_stats_gives_the_same_model(tmp_path):
+    from stfeat.fitting import fit
+
+    samples = toy_dataset(tmp_path)
+    fs = FeatureSet.load(samples, encoder=ENCODER, cache_dir=tmp_path)
+    m1 = fit(fs, head="ridge", genes="hvg:10", suffstats=False)
+    m2 = fit(fs, head="ridge", genes="hvg:10", suffstats=True)
+    assert m1.estimator.alpha_ == m2.estimator.alpha_
+    X = fs.flat(fs.sample_ids)
+    P1, P2 = m1.estimator.predict(X), m2.estimator.predict(X)
+    assert np.abs(P1 - P2).max() <= 1e-4 * np.abs(P1).max()
+    with pytest.raises(InputError, match="suffstats=True"):
+        fit(fs, head="knn", genes="hvg:10", suffstats=True)
+
+
+def test_cached_stats_are_reused_and_invalidated_when_features_change(tmp_path, monkeypatch):
+    import stfeat.suffstats_cache as ssc
+
+    samples = toy_dataset(tmp_path, layout=(("A", 1), ("B", 1)))
+    layout = {"kind": "flat", "scales": ["112", "224"], "k_neighbors": 8, "neighbor_mean": False}
+    genes = ["G000", "G001", "G002"]
+    fs = FeatureSet.load(samples, encoder=ENCODER, cache_dir=tmp_path, lazy=True)
+    first = ssc.featureset_stats(fs, ["A1", "B1"], genes, "log1p_cp10k", layout)
+    files = sorted(tmp_path.rglob("*.stats-*.npz"))
+    assert len(files) == 2
+
+    calls = []
+    real = ssc.sample_stats
+    monkeypatch.setattr(ssc, "sample_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = ssc.featureset_stats(fs, ["A1", "B1"], genes, "log1p_cp10k", layout)
+    assert calls == []  # both read back
+    np.testing.assert_array_equal(again["A1"].sxx, first["A1"].sxx)
+
+    ssc.featureset_stats(fs, ["A1"], genes[:2], "log1p_cp10k", layout)  # other genes: another key
+    assert len(calls) == 1
+    assert len(list(tmp_path.rglob("A1.h5.stats-*.npz"))) == 2  # both settings kept
+    ssc.featureset_stats(fs, ["A1"], genes, "log1p_cp10k", layout)
+    assert len(calls) == 1
+
+    # stage one rewrites A1's features: its statistics are recomputed and the stale file replaced
+    s, z = toy_sample("A1", "A")
+    write_toy_cache(tmp_path, s, z, seed=99)
+    fs2 = FeatureSet.load(samples, encoder=ENCODER, cache_dir=tmp_path, lazy=True)
+    new = ssc.featureset_stats(fs2, ["A1"], genes, "log1p_cp10k", layout)
+    assert len(calls) == 2
+    assert not np.allclose(new["A1"].sxx, first["A1"].sxx)
+    assert len(list(tmp_path.rglob("A1.h5.stats-*.npz"))) == 1
+
+
+# ------------------------------------------------------------------------------------------ knn index
+def test_knn_switches_to_ivf_above_the_threshold(tmp_path):
+    from stfeat.heads.knn import KNNHead
+
+    X, Y, _ = _data(n=900, d=16, seed=3)
+    flat = KNNHead(n_neighbors=5).fit(X, Y)
+    assert flat.index_kind() == "flat" and flat.index_kind(2_000_000) == "ivf"
+    ivf = KNNHead(n_neighbors=5, ivf_threshold=500, nprobe=10_000).fit(X, Y)  # every cell probed: exact
+    assert ivf.index_kind() == "ivf" and type(ivf._index).__name__.startswith("IndexIVF")
+    np.testing.assert_allclose(ivf.predict(X[:50]), flat.predict(X[:50]), rtol=1e-5, atol=1e-6)
+    approx = KNNHead(n_neighbors=5, ivf_threshold=500, nprobe=1).fit(X, Y)
+    assert approx._index.nprobe == 1 and approx.predict(X[:50]).shape == (50, Y.shape[1])
+    ivf.save(tmp_path / "knn")  # reloaded, it rebuilds the same index from the stored vectors
+    back = KNNHead.load(tmp_path / "knn")
+    assert back.index_kind() == "ivf"
+    np.testing.assert_allclose(back.predict(X[:50]), ivf.predict(X[:50]), rtol=1e-6)
+    with pytest.raises(ValueError, match="index must be"):
+        KNNHead(index="hnsw").fit(X, Y)
+
+
+def test_predict_chunks_equals_predict_on_the_whole_matrix(toy):
+    from stfeat.heads.knn import KNNHead
+    from stfeat.suffstats_cache import predict_chunks
+
+    fs = _load(toy, True)
+    ids = fs.sample_ids
+    X = _load(toy, False).flat(ids)
+    Y = X[:, :3] @ np.ones((3, 2)) + 1.0
+    layout = {"kind": "flat", "scales": fs.scales, "neighbor_mean": False, "k_neighbors": 8}
+    for est in (RidgeCVHead().fit(X, Y), KNNHead(n_neighbors=3).fit(X, Y)):
+        np.testing.assert_allclose(predict_chunks(est, fs, ids, layout, chunk_rows=13),
+                                   est.predict(X).astype(np.float32), rtol=1e-6, atol=1e-6)
+    ridge = RidgeCVHead().fit(X, Y)
+    fast = predict_chunks(ridge, fs, ids, layout, chunk_rows=13, precision="float32")
+    np.testing.assert_allclose(fast, ridge.predict(X), rtol=1e-5, atol=1e-5 * np.abs(Y).max())
+    wrong = RidgeCVHead().fit(X[:, :5], Y)
+    with pytest.raises(ValueError, match="features"):
+        predict_chunks(wrong, fs, ids, layout)
+
+
+def test_bad_rows_are_named():
+    X, Y, _ = _data(n=50, d=4)
+    X[3, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        sample_stats(X=X, Y=Y)
+    with pytest.raises(InputError, match="rows"):
+        sample_stats(X=X[:10], Y=Y[:9])
+
+
+def test_mlp_trains_from_chunks_of_a_lazy_featureset(toy):
+    from stfeat.evaluate import pearson_per_gene
+    from stfeat.heads._mlp_chunks import fit_mlp_featureset
+    from stfeat.heads.mlp import MLPHead
+
+    fs = _load(toy, True)
+    genes = [f"G{i:03d}" for i in range(8)]
+    train, test = ["A1", "A2", "B1", "B2"], ["C1"]
+    groups = {s: s[0] for s in fs.sample_ids}
+
+    def fit():
+        head = MLPHead(hidden=32, max_epochs=15, patience=5, batch_size=32, device="cpu", n_jobs=1)
+        return fit_mlp_featureset(head, fs, train, genes, "log1p_cp10k", groups, chunk_rows=50)
+
+    a, b = fit(), fit()
+    X = fs.flat(test)
+    P = a.predict(X)
+    np.testing.assert_array_equal(P, b.predict(X))  # deterministic on CPU
+    assert a.best_epoch_ >= 1 and len(a.history_) >= 2
+    # one of the two patients validates (whole groups), the other's spots set the standardisation
+    means = [np.concatenate([fs.targets(s, genes, "log1p_cp10k") for s in train if s[0] == p]).mean(0) for p in "AB"]
+    assert any(np.allclose(a.y_mean_, m, rtol=1e-6) for m in means)
+    r = pearson_per_gene(fs.targets("C1", genes, "log1p_cp10k"), P)
+    assert np.nanmean(r) > 0.3  # learnt the signal of a held-out patient
+
+
+def test_cross_validate_mlp_on_lazy_features_trains_from_chunks(toy, monkeypatch):
+    import stfeat.heads._mlp_chunks as mc
+    from stfeat.crossval import cross_validate
+
+    calls = []
+    real = mc.fit_mlp_featureset
+    monkeypatch.setattr(mc, "fit_mlp_featureset", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    cv = cross_validate(_load(toy, True), head="mlp", genes="hvg:5",
+                        head_params={"hidden": 16, "max_epochs": 3, "device": "cpu", "n_jobs": 1})
+    assert len(calls) == len(cv.rows) == 3
+    assert all(np.isfinite(P).all() for _, _, P, _ in cv.items)

@@ -123,29 +123,12 @@ def read_cache_lazy(path: str | Path, *, scales: Sequence[float | str] | None = 
     """
     import h5py
 
-    from stfeat.cache import (CacheData, _as_name, _check_schema, _verified, check_sample_id, partial_path,
-                              read_attrs, verify_attrs)
+    from stfeat.cache import CacheData, _verified, checked_attrs, scale_names_in
 
     path = Path(path)
-    if not path.exists():
-        hint = " (an unfinished run left a .partial file: rerun `stfeat extract` to resume)" \
-            if partial_path(path).exists() else ""
-        raise InputError(path, f"does not exist{hint}.", "run `stfeat extract` for this sample first.")
-    attrs = read_attrs(path)
-    _check_schema(path, attrs)
-    if not attrs.get("complete", False):
-        raise InputError(path, "is an incomplete feature cache (its extraction was interrupted).",
-                         "rerun `stfeat extract` to resume it.")
-    check_sample_id(path, attrs, sample_id)
-    verify_attrs(path, attrs)
+    attrs = checked_attrs(path, sample_id)
     with h5py.File(path, "r") as f:
-        have = list(f["features"].keys())
-        names = have if scales is None else [_as_name(s) for s in scales]
-        missing = [s for s in names if s not in have]
-        if missing:
-            raise InputError(path, f"holds no features for scale(s) {missing} um (it has {have}).",
-                             "run `stfeat extract` with those --scales-um (they are added to the file).")
-        names.sort(key=float)
+        names = scale_names_in(path, f, scales)
         barcodes = f["barcodes"].asstr()[...].astype(str)
         n = len(barcodes)
         coords = _verified(path, f["coords"], "coords")

@@ -228,6 +228,33 @@ def _check_schema(path: Path, attrs: Mapping[str, Any]) -> None:
                          f"understands ({K.CACHE_SCHEMA_VERSION}).", "upgrade stfeat.")
 
 
+def checked_attrs(path: Path, sample_id: str | None) -> dict[str, Any]:
+    """The attrs of a finished cache file of ``sample_id``, after every check that needs no feature read."""
+    if not path.exists():
+        hint = " (an unfinished run left a .partial file: rerun `stfeat extract` to resume)" \
+            if partial_path(path).exists() else ""
+        raise InputError(path, f"does not exist{hint}.", "run `stfeat extract` for this sample first.")
+    attrs = read_attrs(path)
+    _check_schema(path, attrs)
+    if not attrs.get("complete", False):
+        raise InputError(path, "is an incomplete feature cache (its extraction was interrupted).",
+                         "rerun `stfeat extract` to resume it.")
+    check_sample_id(path, attrs, sample_id)
+    verify_attrs(path, attrs)
+    return attrs
+
+
+def scale_names_in(path: Path, f: Any, scales: Sequence[float | str] | None) -> list[str]:
+    """The scale names of an open cache file to read (all, or ``scales``, which must be there), ascending."""
+    have = list(f["features"].keys())
+    names = have if scales is None else [_as_name(s) for s in scales]
+    missing = [s for s in names if s not in have]
+    if missing:
+        raise InputError(path, f"holds no features for scale(s) {missing} um (it has {have}).",
+                         "run `stfeat extract` with those --scales-um (they are added to the file).")
+    return sorted(names, key=float)
+
+
 def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None,
                sample_id: str | None = None) -> CacheData:
     """Read a complete cache file (features as float32).
@@ -250,25 +277,9 @@ def read_cache(path: str | Path, *, scales: Sequence[float | str] | None = None,
     import h5py
 
     path = Path(path)
-    if not path.exists():
-        hint = " (an unfinished run left a .partial file: rerun `stfeat extract` to resume)" \
-            if partial_path(path).exists() else ""
-        raise InputError(path, f"does not exist{hint}.", "run `stfeat extract` for this sample first.")
-    attrs = read_attrs(path)
-    _check_schema(path, attrs)
-    if not attrs.get("complete", False):
-        raise InputError(path, "is an incomplete feature cache (its extraction was interrupted).",
-                         "rerun `stfeat extract` to resume it.")
-    check_sample_id(path, attrs, sample_id)
-    verify_attrs(path, attrs)
+    attrs = checked_attrs(path, sample_id)
     with h5py.File(path, "r") as f:
-        have = list(f["features"].keys())
-        names = have if scales is None else [_as_name(s) for s in scales]
-        missing = [s for s in names if s not in have]
-        if missing:
-            raise InputError(path, f"holds no features for scale(s) {missing} um (it has {have}).",
-                             "run `stfeat extract` with those --scales-um (they are added to the file).")
-        names.sort(key=float)
+        names = scale_names_in(path, f, scales)
         barcodes = f["barcodes"].asstr()[...].astype(str)
         n = len(barcodes)
         coords = _verified(path, f["coords"], "coords")

@@ -220,7 +220,10 @@ def next_steps(result: DemoResult) -> list[str]:
         "stfeat encoders                                  # the encoder registry (licenses, gated access)",
         "stfeat extract PATH --encoder uni --cache-dir cache   # PATH: Space Ranger outs/, HEST-1k root, "
         "legacy ST folder or manifest.csv",
-        "stfeat fit PATH --encoder uni --cache-dir cache --head hest-ridge,lgbm --out-dir runs/uni",
+        "stfeat fit PATH --encoder uni --cache-dir cache --head ridge,hest-ridge --out-dir runs/uni   # ridge on "
+        "per-slide standardised features: best across patients (docs/results.md)",
+        "stfeat compare PATH --encoder uni --cache-dir cache --variant plain,slide-std,d8 --head ridge,lgbm   "
+        "# feature variants x heads, patient held out",
         "stfeat run configs/hest_benchmark.yaml           # the HEST-Benchmark protocol from one config",
         f"stfeat demo --data PATH --out {result.out_dir.name}_mine   # this demo on your own data",
     ]

@@ -114,12 +114,12 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
                  train_samples=list(ids), split=split_mode, seed=seed, notes=notes)
 
 
-def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | Path, head: Any = ("hest-ridge",),
+def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | Path, head: Any = ("ridge",),
                head_params: dict[str, dict] | None = None, scales_um: Sequence[float | str] | None = None,
                genes: str = "hvg:50", transform: str = "log1p_cp10k", split: str = "auto", k_neighbors: int = 8,
                neighbor_mean: bool = False, neighbor_scale: float | str | None = None,
                out_dir: str | Path = "stfeat_fit", seed: int = 0, metric_top_k: int = 10,
-               save_fold_models: bool = False, plots: bool = True, standardize: str = "none",
+               save_fold_models: bool = False, plots: bool = True, standardize: str = "slide",
                conformal: float | None = 0.9) -> FitResult:
     """``stfeat fit``: cross-validate every encoder x head, refit each on all samples, write the report.
 

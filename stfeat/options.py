@@ -103,7 +103,8 @@ class FitOptions:
     encoder: list[str] = _opt(help="Encoder name(s) of the caches (several give one comparison table).")
     cache_dir: Optional[Path] = _opt(None, f"Cache root of `stfeat extract`; default ${K.ENV_CACHE_DIR} or "
                                      "./stfeat_cache.", path=True)
-    head: list[str] = _opt(["hest-ridge"], "Head(s): hest-ridge, ridge, lgbm, mlp, attention, knn, ...")
+    head: list[str] = _opt(["ridge"], "Head(s): ridge (default: best across patients, docs/results.md), hest-ridge, "
+                           "lgbm, mlp, attention, ensemble, knn, ...")
     head_params: Optional[dict] = _opt(None, "Per head, its parameters: a mapping in YAML, JSON (or a JSON file) "
                                        "on the command line, e.g. '{\"lgbm\": {\"n_estimators\": 200}}'.")
     scales_um: Optional[list[float]] = _opt(None, "Fields of view (um) to use; default all cached.", min="positive")
@@ -117,9 +118,9 @@ class FitOptions:
     neighbor_mean: bool = _opt(False, "Append the neighbours' mean features to flat heads' input.")
     neighbor_scale: Optional[float] = _opt(None, "Field of view (um) of the neighbours' features; default the "
                                            "smallest.", min="positive")
-    standardize: str = _opt("none", "Per-slide feature standardisation: slide centres and scales each sample's "
-                            "features with its own statistics (also at predict); none keeps them as cached.",
-                            choices=("none", "slide"))
+    standardize: str = _opt("slide", "Per-slide feature standardisation: slide (default: best across patients, "
+                            "docs/results.md) centres and scales each sample's features with its own statistics "
+                            "(also at predict); none keeps them as cached.", choices=("none", "slide"))
     out_dir: Path = _opt(Path("stfeat_fit"), "Output directory.", path=True)
     seed: int = _opt(0, "random_state of the heads.")
     metric_top_k: int = _opt(10, "k of the extra top-k HVG / highly-expressed summaries.", min=1)

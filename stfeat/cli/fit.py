@@ -28,7 +28,7 @@ def fit_cmd(
     encoder: Annotated[List[str], typer.Option("--encoder", "-e", metavar="NAME[,NAME...]", help=_h("encoder"))],
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_h("cache_dir"))] = None,
     head: Annotated[List[str], typer.Option("--head", metavar="HEAD[,HEAD...]", help=_h("head"))]
-    = ["hest-ridge"],  # noqa: B006 - typer's way of a list default
+    = ["ridge"],  # noqa: B006 - typer's way of a list default
     head_params: Annotated[Optional[str], typer.Option("--head-params", metavar="JSON", help=_h("head_params"))]
     = None,
     scales_um: Annotated[Optional[List[str]], typer.Option("--scales-um", metavar="UM[,UM...]",
@@ -42,7 +42,7 @@ def fit_cmd(
     = False,
     neighbor_scale: Annotated[Optional[float], typer.Option("--neighbor-scale", help=_h("neighbor_scale"))] = None,
     standardize: Annotated[str, typer.Option("--standardize", help=_h("standardize") + " One of none, slide.")]
-    = "none",
+    = "slide",
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help=_h("out_dir"))] = Path("stfeat_fit"),
     seed: Annotated[int, typer.Option("--seed", help=_h("seed"))] = 0,
     metric_top_k: Annotated[int, typer.Option("--metric-top-k", help=_h("metric_top_k"))] = 10,

@@ -91,13 +91,13 @@ class CompareResult:
         df = self.table
         cols = list(df.columns)
 
-        def fmt(v: Any) -> str:
+        def fmt(v: Any, col: str) -> str:
             if isinstance(v, (float, np.floating)):
-                return "" if not np.isfinite(v) else f"{v:.{digits}f}" if abs(v) < 10 else f"{v:.1f}"
+                return "" if not np.isfinite(v) else f"{v:.1f}" if col.endswith("_s") else f"{v:.{digits}f}"
             return str(v)
 
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+        lines += ["| " + " | ".join(fmt(v, c) for v, c in zip(row, cols)) + " |" for row in df.itertuples(index=False)]
         return "\n".join(lines)
 
     def __str__(self) -> str:

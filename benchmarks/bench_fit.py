@@ -43,7 +43,8 @@ def main() -> None:
 
     from stfeat.cache import write_cache
     from stfeat.evaluate import pearson_per_gene
-    from stfeat.features import SampleFeatures, flat_features, token_features
+    from stfeat.features import SampleFeatures
+    from stfeat.head_inputs import flat_features, token_features
     from stfeat.neighbors import spatial_neighbors
 
     scales = [float(s) for s in args.scales.split(",")]

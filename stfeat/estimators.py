@@ -70,7 +70,7 @@ def sample_inputs(sf: Any, layout: dict) -> dict[str, Any]:
     ``layout["standardize"] == "slide"`` standardises the sample with its own statistics (or
     ``sf.standardize_stats``); layouts without the key (older models) mean ``"none"``.
     """
-    from stfeat.features import flat_features, token_features
+    from stfeat.head_inputs import flat_features, token_features
 
     std = layout.get("standardize", "none")
     extra = {"coords_um": sf.coords_um, "sample_ids": np.full(sf.n_spots, sf.sample_id, dtype=object)}

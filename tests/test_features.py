@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from stfeat.errors import InputError
-from stfeat.features import FeatureSet, SampleFeatures, cache_file, flat_features, token_features
+from stfeat.features import FeatureSet, SampleFeatures, cache_file
+from stfeat.head_inputs import flat_features, token_features
 from test_fit_support import ENCODER, toy_features, toy_sample, write_toy_cache
 
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_SCALES_UM: tuple[float, ...] = (112.0, 224.0, 448.0)
 CPU_BATCH_SIZE = 32
+#: most crops per CPU forward (32 spots x 3 scales fit; d8's 8 views are sliced: d8 peaked at 8.7 GB RSS unsliced)
+CPU_MAX_CROPS = 128
 
 
 # ---------------------------------------------------------------- the model
@@ -210,7 +212,11 @@ def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sca
         x = buf if cuda else (parts[0] if len(parts) == 1 else torch.cat(parts))
         padded_b = pads[0] if len(pads) == 1 else torch.cat(pads)
         tissue_b = torch.cat(tiss).numpy()
-        out = encoder(x.view((b - a) * S * V, px, px, 3))
+        flat = x.view((b - a) * S * V, px, px, 3)
+        if cuda or flat.shape[0] <= CPU_MAX_CROPS:
+            out = encoder(flat)
+        else:  # on CPU, views multiply the crops of a block: forward them in slices to bound the activations
+            out = torch.cat([encoder(flat[i:i + CPU_MAX_CROPS]) for i in range(0, flat.shape[0], CPU_MAX_CROPS)])
         if V > 1:  # a spot's embedding: the mean over its views
             out = out.view(b - a, S, V, -1).float().mean(2)
         if cuda:

@@ -190,8 +190,9 @@ class Model:
     # ------------------------------------------------------------------ predict
     def predict_features(self, sf: Any) -> np.ndarray:
         """Predictions (spots x genes, in the model's transform, >= 0) for one sample's features
-        (a :class:`stfeat.features.SampleFeatures`), standardised per slide when the model was fitted so. Lazy features
-        (a sample over the size threshold) are predicted in row chunks (:func:`stfeat.suffstats_cache.predict_sample`)."""
+        (a :class:`stfeat.features.SampleFeatures`), standardised per slide when the model was fitted so.
+        Lazy features (a sample over the size threshold) are predicted in row chunks
+        (:func:`stfeat.suffstats_cache.predict_sample`)."""
         from stfeat.estimators import predict_estimator, sample_inputs
 
         lay = self.layout

@@ -206,5 +206,6 @@ def use_mlp_chunks(est: Any, fs: Any, layout: Mapping[str, Any]) -> bool:
     return type(est) is MLPHead and layout.get("kind") == "flat" and not layout.get("neighbor_mean") and fs.is_lazy
 
 
-__all__ = ["featureset_stats", "group_stats", "fit_ridge", "predict_chunks", "predict_sample", "use_suffstats", "use_mlp_chunks",
+__all__ = ["featureset_stats", "group_stats", "fit_ridge", "predict_chunks", "predict_sample", "use_suffstats",
+           "use_mlp_chunks",
            "stats_key"]

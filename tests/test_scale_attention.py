@@ -135,3 +135,20 @@ def test_model_predict_on_a_lazy_sample_runs_for_other_heads(toy, head):
     P = model.predict_features(lazy)
     assert P.shape == (lazy.n_spots, len(model.genes)) and np.isfinite(P).all()
     np.testing.assert_allclose(P, model.predict_features(mem), rtol=1e-5, atol=1e-5)
+
+
+def test_model_predict_reads_a_sample_over_the_threshold_lazily(toy, monkeypatch):
+    import stfeat.suffstats_cache as ssc
+
+    cache, samples = toy
+    model, _, _ = _model_and_sample(toy, "ridge")
+    new = [s for s in samples if s.sample_id == "C1"][0]
+    ref = model.predict(new, cache_dir=cache)
+    calls = []
+    real = ssc.predict_sample
+    monkeypatch.setattr(ssc, "predict_sample",
+                        lambda est, sf, *a, **k: calls.append(sf.is_lazy) or real(est, sf, *a, **k))
+    monkeypatch.setenv("STFEAT_LAZY_BYTES", "1")
+    got = model.predict(new, cache_dir=cache)
+    assert calls == [True]
+    np.testing.assert_allclose(np.asarray(got.X), np.asarray(ref.X), rtol=1e-6, atol=1e-6)

@@ -170,7 +170,8 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
         Fit the ``ridge`` head from per-sample sufficient statistics (:mod:`stfeat.suffstats`; one
         streaming pass per sample, cached beside the feature caches) and predict in row chunks: True,
         False, or None = when the features are read lazily (large samples). Same results either way.
-        On lazy features the ``mlp`` head trains from row chunks (:mod:`stfeat.heads._mlp_chunks`).
+        On lazy features the ``mlp`` head trains from row chunks (:mod:`stfeat.heads._mlp_chunks`), and so does
+        ``attention`` (:mod:`stfeat.heads._attn_chunks`, token chunks).
     """
     from stfeat import __version__
     from stfeat.domains import domain_agreement
@@ -210,6 +211,7 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
             "transform": transform, "split": split_str, "stfeat_version": __version__}
     from stfeat import suffstats_cache as ssc
     from stfeat.errors import InputError
+    from stfeat.heads._attn_chunks import use_attention_chunks
 
     spot_folds = any(getattr(f, "train_masks", None) or getattr(f, "test_masks", None) for f in plan.folds)
     by_stats = ssc.use_suffstats(probe, fs, layout, suffstats)
@@ -240,6 +242,12 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
             from stfeat.heads._mlp_chunks import fit_mlp_featureset
 
             fit_mlp_featureset(est, fs, list(fold.train), list(sel.genes), transform, plan.groups)
+            P = ssc.predict_chunks(est, fs, fold.test, layout)
+        elif chunked_mlp and use_attention_chunks(est, fs, layout):
+            from stfeat.heads._attn_chunks import fit_attention_featureset
+
+            fit_attention_featureset(est, fs, list(fold.train), list(sel.genes), transform, plan.groups,
+                                     k=int(layout["k_neighbors"]), neighbor_scale=layout.get("neighbor_scale"))
             P = ssc.predict_chunks(est, fs, fold.test, layout)
         else:
             Ytr = np.concatenate([fs.targets(t, sel.genes, transform)[tr_m[t]] for t in fold.train])

@@ -88,6 +88,7 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     notes = [] if len(ids) >= 2 else ["refit on a single sample"]
     layout = layout_for(est, fs, k_neighbors=k_neighbors, neighbor_mean=neighbor_mean, neighbor_scale=neighbor_scale)
     from stfeat import suffstats_cache as ssc
+    from stfeat.heads._attn_chunks import use_attention_chunks
 
     raw = fs.standardize == "none"  # the statistics and chunks are of the features as cached
     if not raw and suffstats:
@@ -101,6 +102,11 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
         from stfeat.heads._mlp_chunks import fit_mlp_featureset
 
         fit_mlp_featureset(est, fs, list(ids), list(sel.genes), transform, groups_of)
+    elif raw and use_attention_chunks(est, fs, layout):
+        from stfeat.heads._attn_chunks import fit_attention_featureset
+
+        fit_attention_featureset(est, fs, list(ids), list(sel.genes), transform, groups_of,
+                                 k=int(layout["k_neighbors"]), neighbor_scale=layout.get("neighbor_scale"))
     else:
         Y = np.concatenate([fs.targets(s, sel.genes, transform) for s in ids])
         fit_estimator(est, model_inputs(fs, ids, layout), Y, inner_groups(fs.spot_samples(ids), groups_of))

@@ -64,3 +64,37 @@ def token_features(sf: SampleFeatures, scales: Sequence[str], *, k: int = 8,
     mask[:, S:] = ~valid
     token_type = np.concatenate([np.arange(S), np.full(k, S)]).astype(np.int64)
     return {"X": np.concatenate([own, nb], axis=1), "rel_pos": rel, "mask": mask, "token_type": token_type}
+
+
+def token_rows(sf: SampleFeatures, scales: Sequence[str], start: int, stop: int, *, k: int = 8,
+               neighbor_scale: str | None = None) -> dict[str, np.ndarray]:
+    """Rows ``start:stop`` of :func:`token_features` (features as cached, ``standardize="none"``), reading only
+    those rows and their neighbours' rows (sorted, unique: what HDF5 point selection needs) from a lazy sample."""
+    scales = list(scales)
+    nscale = scale_name(neighbor_scale) if neighbor_scale is not None else min(scales, key=float)
+    if nscale not in sf.features:
+        raise ValueError(f"neighbour scale {nscale} um is not among the loaded scales {scales}")
+    a, b = max(0, int(start)), min(sf.n_spots, int(stop))
+    m, S = max(0, b - a), len(scales)
+    d = sf.features[scales[0]].shape[1]
+    X = np.zeros((m, S + k, d), np.float32)
+    for i, s in enumerate(scales):
+        v = sf.features[s]
+        X[:, i] = v.rows(a, b) if hasattr(v, "rows") else v[a:b]
+    idx, _ = sf.neighbor_graph(k)
+    idx = np.asarray(idx[a:b])
+    valid = idx >= 0
+    if k and valid.any():
+        uniq, inv = np.unique(idx[valid], return_inverse=True)
+        got = np.asarray(sf.features[nscale][uniq], np.float32)  # a lazy view reads just these rows
+        nb = np.zeros((m, k, d), np.float32)
+        nb[valid] = got[inv.ravel()]
+        X[:, S:] = nb
+    safe = np.clip(idx, 0, None)
+    cu = sf.coords_um
+    rel = np.zeros((m, S + k, 2), np.float32)
+    rel[:, S:] = np.where(valid[..., None], cu[safe] - cu[a:b, None, :], 0.0)
+    mask = np.zeros((m, S + k), bool)
+    mask[:, S:] = ~valid
+    token_type = np.concatenate([np.arange(S), np.full(k, S)]).astype(np.int64)
+    return {"X": X, "rel_pos": rel, "mask": mask, "token_type": token_type}

@@ -190,10 +190,19 @@ class Model:
     # ------------------------------------------------------------------ predict
     def predict_features(self, sf: Any) -> np.ndarray:
         """Predictions (spots x genes, in the model's transform, >= 0) for one sample's features
-        (a :class:`stfeat.features.SampleFeatures`), standardised per slide when the model was fitted so."""
+        (a :class:`stfeat.features.SampleFeatures`), standardised per slide when the model was fitted so.
+        Lazy features (a sample over the size threshold) are predicted in row chunks
+        (:func:`stfeat.suffstats_cache.predict_sample`)."""
         from stfeat.estimators import predict_estimator, sample_inputs
 
-        P = predict_estimator(self.estimator, sample_inputs(sf, self.layout))
+        lay = self.layout
+        if getattr(sf, "is_lazy", False) and not lay.get("neighbor_mean") and lay.get("standardize", "none") == "none":
+            # a large sample (features on disk): row chunks of its inputs, never the whole matrix or tokens
+            from stfeat.suffstats_cache import predict_sample
+
+            P = predict_sample(self.estimator, sf, lay)
+        else:
+            P = predict_estimator(self.estimator, sample_inputs(sf, lay))
         # every transform stfeat offers is of non-negative counts: a negative prediction means "none"
         return np.maximum(P, 0.0, out=P)
 

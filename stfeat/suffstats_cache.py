@@ -99,33 +99,77 @@ def fit_ridge(est: Any, stats: Mapping[str, SuffStats], group_of: Mapping[str, s
 
 def predict_chunks(est: Any, fs: Any, ids: Sequence[str], layout: Mapping[str, Any], *,
                    chunk_rows: int | None = None, precision: str = "float64") -> np.ndarray:
-    """``est.predict`` over row chunks of the flat input of ``ids`` (float32 (n, g)): X is never whole.
+    """``est.predict`` over row chunks of the inputs of ``ids`` (float32 (n, g)): X is never whole.
 
+    Flat layouts stream :meth:`stfeat.features.FeatureSet.iter_flat`; token layouts (``attention``) stream
+    :func:`stfeat.head_inputs.token_rows` (a chunk's rows and its neighbours' rows only).
     For ``ridge``, ``precision="float64"`` is ``RidgeCVHead.predict``'s own product (a spot's prediction
     does not depend on the rows it is batched with); ``"float32"`` is about 3x faster and agrees to float32
     rounding (~1e-6 relative), but its last bits depend on where a row falls in the BLAS blocks.
     """
-    if precision not in ("float32", "float64"):
-        raise ValueError(f"precision must be 'float32' or 'float64'; got {precision!r}")
     from stfeat.features import CHUNK_ROWS
 
+    cr = int(chunk_rows or CHUNK_ROWS)
+    n = sum(fs.samples[s].n_spots for s in ids)
+    if layout.get("kind") == "tokens":
+        chunks = (_token_chunk(fs.samples[s], fs.scales, a, cr, layout) for s in ids
+                  for a in range(0, fs.samples[s].n_spots, cr))
+    else:
+        chunks = (X for _, _, X in fs.iter_flat(ids, chunk_rows=cr, reuse_buffer=True,
+                                                neighbor_mean=bool(layout.get("neighbor_mean")),
+                                                k=int(layout.get("k_neighbors", 8))))
+    return _predict_stream(est, chunks, n, precision)
+
+
+def predict_sample(est: Any, sf: Any, layout: Mapping[str, Any], *, chunk_rows: int | None = None,
+                   precision: str = "float64") -> np.ndarray:
+    """``est``'s predictions (float32 (n, g)) for one sample (:class:`stfeat.features.SampleFeatures`, features as
+    cached) in row chunks of its inputs under ``layout`` (flat without ``neighbor_mean``, or tokens)."""
+    from stfeat.features import CHUNK_ROWS
+
+    if layout.get("neighbor_mean") or layout.get("standardize", "none") != "none":
+        raise ValueError("predict_sample needs features as cached without neighbor_mean")
+    cr = int(chunk_rows or CHUNK_ROWS)
+    scales = list(layout["scales"])
+    if layout.get("kind") == "tokens":
+        chunks = (_token_chunk(sf, scales, a, cr, layout) for a in range(0, sf.n_spots, cr))
+    else:
+        buf = np.empty((min(cr, max(sf.n_spots, 1)), sum(sf.features[s].shape[1] for s in scales)), np.float32)
+        chunks = (sf.flat_rows(scales, a, a + cr, out=buf[:min(cr, sf.n_spots - a)]) for a in range(0, sf.n_spots, cr))
+    return _predict_stream(est, chunks, sf.n_spots, precision)
+
+
+def _token_chunk(sf: Any, scales: Sequence[str], a: int, cr: int, layout: Mapping[str, Any]) -> dict:
+    from stfeat.head_inputs import token_rows
+
+    t = token_rows(sf, scales, a, a + cr, k=int(layout.get("k_neighbors", 8)),
+                   neighbor_scale=layout.get("neighbor_scale"))
+    b = a + len(t["X"])
+    return {**t, "coords_um": sf.coords_um[a:b], "sample_ids": np.full(b - a, sf.sample_id, dtype=object)}
+
+
+def _predict_stream(est: Any, chunks: Any, n: int, precision: str) -> np.ndarray:
+    """Predictions of ``chunks`` (flat X arrays, or token input dicts) into one float32 (n, g) array."""
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be 'float32' or 'float64'; got {precision!r}")
+    from stfeat.estimators import predict_estimator
     from stfeat.heads.ridge import RidgeCVHead
 
-    n = sum(fs.samples[s].n_spots for s in ids)
     out, at, buf = None, 0, None
     ridge = type(est) is RidgeCVHead
     dt = np.dtype(precision)
     coef = np.ascontiguousarray(np.asarray(est.coef_, dt).T) if ridge else None
-    for _, _, X in fs.iter_flat(ids, chunk_rows=chunk_rows or CHUNK_ROWS, reuse_buffer=True,
-                                neighbor_mean=bool(layout.get("neighbor_mean")), k=int(layout.get("k_neighbors", 8))):
-        if ridge:  # RidgeCVHead.predict's float64 product, into reused buffers
+    for X in chunks:
+        if isinstance(X, dict):
+            P = predict_estimator(est, X)
+        elif ridge:  # RidgeCVHead.predict's float64 product, into reused buffers
             if X.shape[1] != coef.shape[0]:
                 est._check_x(X[:1])  # raises, naming the mismatch
             if dt == np.float32:
                 P = X @ coef
                 P += est.intercept_.astype(np.float32)
             else:
-                if buf is None:
+                if buf is None or len(buf) < len(X):
                     buf = np.empty(X.shape, np.float64)
                 B = buf[:len(X)]
                 B[...] = X
@@ -162,5 +206,6 @@ def use_mlp_chunks(est: Any, fs: Any, layout: Mapping[str, Any]) -> bool:
     return type(est) is MLPHead and layout.get("kind") == "flat" and not layout.get("neighbor_mean") and fs.is_lazy
 
 
-__all__ = ["featureset_stats", "group_stats", "fit_ridge", "predict_chunks", "use_suffstats", "use_mlp_chunks",
+__all__ = ["featureset_stats", "group_stats", "fit_ridge", "predict_chunks", "predict_sample", "use_suffstats",
+           "use_mlp_chunks",
            "stats_key"]

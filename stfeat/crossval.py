@@ -215,13 +215,12 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
 
     spot_folds = any(getattr(f, "train_masks", None) or getattr(f, "test_masks", None) for f in plan.folds)
     by_stats = ssc.use_suffstats(probe, fs, layout, suffstats)
-    if by_stats and (spot_folds or fs.standardize != "none"):
+    if by_stats and spot_folds:
         if suffstats:
-            raise InputError(None, "suffstats=True works on whole-sample folds of features as cached, not with "
-                             f"split {plan.mode!r} / standardize={fs.standardize!r}.",
-                             "use suffstats=None, a sample-level split and standardize='none'.")
+            raise InputError(None, f"suffstats=True works on whole-sample folds, not with split {plan.mode!r}.",
+                             "use suffstats=None, or a sample-level split (lopo, loso, kfold).")
         by_stats = False
-    chunked_mlp = not spot_folds and fs.standardize == "none"
+    chunked_mlp = not spot_folds
     if by_stats:  # one pass per sample for the union of the folds' genes; a fold takes its columns
         union = list(dict.fromkeys(g for f in plan.folds for g in selections[f.name].genes))
         col_of = {g: i for i, g in enumerate(union)}

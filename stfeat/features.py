@@ -122,6 +122,8 @@ class SampleFeatures:
     #: scale -> (mean, std) to standardise with instead of this sample's own statistics (``standardize="slide"``);
     #: grid predictions set it to the measured spots' statistics
     standardize_stats: dict | None = None
+    #: scale -> (mean, std) of this sample's own features, once computed (not part of its identity)
+    _own_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_spots(self) -> int:
@@ -132,19 +134,25 @@ class SampleFeatures:
         """True when the features stay on disk (:class:`stfeat.cache.LazyRows`)."""
         return any(not isinstance(v, np.ndarray) for v in self.features.values())
 
-    def flat_rows(self, scales: Sequence[str], start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows ``start:stop`` of the scales concatenated, (m, d * len(scales)) float32 (into ``out`` if given)."""
+    def flat_rows(self, scales: Sequence[str], start: int, stop: int, out: np.ndarray | None = None,
+                  standardize: str = "none") -> np.ndarray:
+        """Rows ``start:stop`` of the scales concatenated, (m, d * len(scales)) float32 (into ``out`` if given),
+        standardised per slide under ``standardize="slide"`` (:meth:`standardizer`; in float32, in place)."""
         start, stop = max(0, int(start)), min(self.n_spots, int(stop))
         widths = [self.features[s].shape[1] for s in scales]
+        std = self.standardizer(scales, standardize)
         if out is None:
             out = np.empty((max(0, stop - start), sum(widths)), np.float32)
         at = 0
         for s, w in zip(scales, widths):
             v = self.features[s]
+            blk = out[:, at:at + w]
             if hasattr(v, "rows"):
-                v.rows(start, stop, out=out[:, at:at + w])
+                v.rows(start, stop, out=blk)
             else:
-                out[:, at:at + w] = v[start:stop]
+                blk[...] = v[start:stop]
+            if std is not None:
+                _standardize_inplace(blk, std[s])
             at += w
         return out
 
@@ -240,18 +248,32 @@ class SampleFeatures:
         if self.n_spots == 0:
             raise InputError(self.source, f"sample {self.sample_id} has no spots to standardise over.",
                              "give a sample with spots, or standardize='none'.")
-        return {s: standardize_fit(np.asarray(self.features[s], np.float32)) for s in scales}
+        for s in scales:  # a lazy view is read in row blocks, never whole
+            if s not in self._own_stats:
+                v = self.features[s]
+                self._own_stats[s] = standardize_fit(np.asarray(v, np.float32) if isinstance(v, np.ndarray) else v)
+        return {s: self._own_stats[s] for s in scales}
 
-    def standardized(self, scales: Sequence[str], standardize: str = "none") -> dict[str, np.ndarray]:
-        """Scale -> (n, d) float32 features of ``scales`` under ``standardize`` (see the module docstring)."""
-        check_standardize(standardize)
+    def standardizer(self, scales: Sequence[str], standardize: str = "none"
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """Scale -> (mean, std) that ``standardize`` applies to ``scales`` (None for ``"none"``):
+        :attr:`standardize_stats` where given, else the sample's own (:meth:`slide_stats`)."""
+        if check_standardize(standardize) == "none":
+            return None
         scales = list(dict.fromkeys(scales))
-        if standardize == "none":
-            return {s: np.asarray(self.features[s], np.float32) for s in scales}
         stats = self.standardize_stats or {}
         missing = [s for s in scales if s not in stats]
         stats = {**stats, **(self.slide_stats(missing) if missing else {})}
-        return {s: ((self.features[s] - stats[s][0]) / stats[s][1]).astype(np.float32) for s in scales}
+        return {s: stats[s] for s in scales}
+
+    def standardized(self, scales: Sequence[str], standardize: str = "none") -> dict[str, np.ndarray]:
+        """Scale -> (n, d) float32 features of ``scales`` under ``standardize`` (see the module docstring)."""
+        scales = list(dict.fromkeys(scales))
+        stats = self.standardizer(scales, standardize)
+        if stats is None:
+            return {s: np.asarray(self.features[s], np.float32) for s in scales}
+        return {s: ((np.asarray(self.features[s], np.float32) - stats[s][0]) / stats[s][1]).astype(np.float32)
+                for s in scales}
 
     def neighbor_graph(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(idx, dist_um) of the k nearest other spots: the cached graph if it has k, else recomputed."""
@@ -267,6 +289,12 @@ class SampleFeatures:
         idx, dist = spatial_neighbors(self.coords_um, k)
         self.neighbors, self.neighbor_dist_um = idx, dist
         return idx, dist
+
+
+def _standardize_inplace(block: np.ndarray, stats: tuple[np.ndarray, np.ndarray]) -> None:
+    """``block = (block - mean) / std`` in float32, in place (a chunk of one scale's columns)."""
+    block -= np.asarray(stats[0], np.float32)
+    block /= np.asarray(stats[1], np.float32)
 
 
 class FeatureSet:
@@ -482,7 +510,7 @@ class FeatureSet:
                                      "use neighbor_mean=False, or load with lazy=False (enough memory needed).")
                 from stfeat.head_inputs import flat_features
 
-                X = flat_features(sf, self.scales, neighbor_mean=True, k=k)
+                X = flat_features(sf, self.scales, neighbor_mean=True, k=k, standardize=self.standardize)
                 for a in range(0, sf.n_spots, int(chunk_rows)):
                     yield s, a, X[a:a + int(chunk_rows)]
                 continue
@@ -491,9 +519,9 @@ class FeatureSet:
                 if reuse_buffer:
                     if buf is None:
                         buf = np.empty((int(chunk_rows), self.dim * len(self.scales)), np.float32)
-                    yield s, a, sf.flat_rows(self.scales, a, a + m, out=buf[:m])
+                    yield s, a, sf.flat_rows(self.scales, a, a + m, out=buf[:m], standardize=self.standardize)
                 else:
-                    yield s, a, sf.flat_rows(self.scales, a, a + m)
+                    yield s, a, sf.flat_rows(self.scales, a, a + m, standardize=self.standardize)
 
     def tokens(self, ids: Sequence[str], *, k: int = 8, neighbor_scale: str | None = None) -> dict[str, np.ndarray]:
         """Token tensors for the attention head; see :func:`stfeat.head_inputs.token_features`."""

@@ -90,19 +90,14 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     from stfeat import suffstats_cache as ssc
     from stfeat.heads._attn_chunks import use_attention_chunks
 
-    raw = fs.standardize == "none"  # the statistics and chunks are of the features as cached
-    if not raw and suffstats:
-        from stfeat.errors import InputError
-
-        raise InputError(None, f"suffstats=True works on features as cached, not standardize={fs.standardize!r}.",
-                         "use suffstats=None, or standardize='none'.")
-    if raw and ssc.use_suffstats(est, fs, layout, suffstats):
+    # statistics and chunks are of the rows FeatureSet.iter_flat yields: standardised per slide under fs.standardize
+    if ssc.use_suffstats(est, fs, layout, suffstats):
         ssc.fit_ridge(est, ssc.featureset_stats(fs, ids, sel.genes, transform, layout), groups_of)
-    elif raw and ssc.use_mlp_chunks(est, fs, layout):
+    elif ssc.use_mlp_chunks(est, fs, layout):
         from stfeat.heads._mlp_chunks import fit_mlp_featureset
 
         fit_mlp_featureset(est, fs, list(ids), list(sel.genes), transform, groups_of)
-    elif raw and use_attention_chunks(est, fs, layout):
+    elif use_attention_chunks(est, fs, layout):
         from stfeat.heads._attn_chunks import fit_attention_featureset
 
         fit_attention_featureset(est, fs, list(ids), list(sel.genes), transform, groups_of,

@@ -67,13 +67,17 @@ def token_features(sf: SampleFeatures, scales: Sequence[str], *, k: int = 8,
 
 
 def token_rows(sf: SampleFeatures, scales: Sequence[str], start: int, stop: int, *, k: int = 8,
-               neighbor_scale: str | None = None) -> dict[str, np.ndarray]:
-    """Rows ``start:stop`` of :func:`token_features` (features as cached, ``standardize="none"``), reading only
-    those rows and their neighbours' rows (sorted, unique: what HDF5 point selection needs) from a lazy sample."""
+               neighbor_scale: str | None = None, standardize: str = "none") -> dict[str, np.ndarray]:
+    """Rows ``start:stop`` of :func:`token_features`, reading only those rows and their neighbours' rows (sorted,
+    unique: what HDF5 point selection needs) from a lazy sample. Under ``standardize="slide"`` the rows are
+    standardised with the sample's statistics over all its spots (:meth:`SampleFeatures.standardizer`)."""
+    from stfeat.features import _standardize_inplace
+
     scales = list(scales)
     nscale = scale_name(neighbor_scale) if neighbor_scale is not None else min(scales, key=float)
     if nscale not in sf.features:
         raise ValueError(f"neighbour scale {nscale} um is not among the loaded scales {scales}")
+    std = sf.standardizer(scales + [nscale], standardize)
     a, b = max(0, int(start)), min(sf.n_spots, int(stop))
     m, S = max(0, b - a), len(scales)
     d = sf.features[scales[0]].shape[1]
@@ -81,12 +85,16 @@ def token_rows(sf: SampleFeatures, scales: Sequence[str], start: int, stop: int,
     for i, s in enumerate(scales):
         v = sf.features[s]
         X[:, i] = v.rows(a, b) if hasattr(v, "rows") else v[a:b]
+        if std is not None:
+            _standardize_inplace(X[:, i], std[s])
     idx, _ = sf.neighbor_graph(k)
     idx = np.asarray(idx[a:b])
     valid = idx >= 0
     if k and valid.any():
         uniq, inv = np.unique(idx[valid], return_inverse=True)
         got = np.asarray(sf.features[nscale][uniq], np.float32)  # a lazy view reads just these rows
+        if std is not None:
+            _standardize_inplace(got, std[nscale])
         nb = np.zeros((m, k, d), np.float32)
         nb[valid] = got[inv.ravel()]
         X[:, S:] = nb

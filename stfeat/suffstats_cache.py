@@ -28,8 +28,11 @@ _VERSION = 1
 
 
 def stats_key(sf: Any, layout: Mapping[str, Any], genes: Sequence[str], transform: str, Y: np.ndarray,
-              precision: str) -> str | None:
-    """The key of one sample's statistics, or None when it has no cache file to key them to."""
+              precision: str, standardize: str = "none") -> str | None:
+    """The key of one sample's statistics, or None when it has no cache file to key them to.
+
+    ``standardize``: the per-slide standardisation the rows went through; statistics given in
+    ``sf.standardize_stats`` (instead of the sample's own, a function of its features) enter by checksum."""
     from stfeat.cache import checksum, feature_fingerprint
 
     if sf.source is None or not sf.source.is_file():
@@ -38,7 +41,10 @@ def stats_key(sf: Any, layout: Mapping[str, Any], genes: Sequence[str], transfor
     ident = {"barcodes": checksum(np.asarray(sf.barcodes).astype("U")), "scales": list(layout["scales"]),
              "neighbor_mean": bool(layout.get("neighbor_mean")), "k": int(layout.get("k_neighbors", 8)),
              "genes": list(genes), "transform": transform, "targets": checksum(np.asarray(Y)),
-             "precision": precision}
+             "precision": precision, "standardize": standardize}
+    if standardize != "none" and sf.standardize_stats:
+        ident["standardize_stats"] = checksum(np.concatenate(
+            [np.ravel(np.asarray(v, np.float64)) for s in sorted(sf.standardize_stats) for v in sf.standardize_stats[s]]))
 
     def h(obj: Any, n: int) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
@@ -57,7 +63,8 @@ def featureset_stats(fs: Any, ids: Sequence[str], genes: Sequence[str], transfor
     for sid in ids:
         sf = fs.samples[sid]
         Y = fs.targets(sid, list(genes), transform)
-        key = stats_key(sf, layout, genes, transform, Y, precision) if cache else None
+        # the rows are those of fs.iter_flat: standardised per slide under fs.standardize
+        key = stats_key(sf, layout, genes, transform, Y, precision, fs.standardize) if cache else None
         got = None if key is None else read_stats(sf.source, key)
         if got is not None:
             out[sid] = SuffStats.from_arrays(got)
@@ -123,19 +130,22 @@ def predict_chunks(est: Any, fs: Any, ids: Sequence[str], layout: Mapping[str, A
 
 def predict_sample(est: Any, sf: Any, layout: Mapping[str, Any], *, chunk_rows: int | None = None,
                    precision: str = "float64") -> np.ndarray:
-    """``est``'s predictions (float32 (n, g)) for one sample (:class:`stfeat.features.SampleFeatures`, features as
-    cached) in row chunks of its inputs under ``layout`` (flat without ``neighbor_mean``, or tokens)."""
+    """``est``'s predictions (float32 (n, g)) for one sample (:class:`stfeat.features.SampleFeatures`) in row
+    chunks of its inputs under ``layout`` (flat without ``neighbor_mean``, or tokens; standardised per slide
+    when ``layout["standardize"]`` says so)."""
     from stfeat.features import CHUNK_ROWS
 
-    if layout.get("neighbor_mean") or layout.get("standardize", "none") != "none":
-        raise ValueError("predict_sample needs features as cached without neighbor_mean")
+    if layout.get("neighbor_mean"):
+        raise ValueError("predict_sample needs a layout without neighbor_mean")
     cr = int(chunk_rows or CHUNK_ROWS)
     scales = list(layout["scales"])
+    std = layout.get("standardize", "none")
     if layout.get("kind") == "tokens":
         chunks = (_token_chunk(sf, scales, a, cr, layout) for a in range(0, sf.n_spots, cr))
     else:
         buf = np.empty((min(cr, max(sf.n_spots, 1)), sum(sf.features[s].shape[1] for s in scales)), np.float32)
-        chunks = (sf.flat_rows(scales, a, a + cr, out=buf[:min(cr, sf.n_spots - a)]) for a in range(0, sf.n_spots, cr))
+        chunks = (sf.flat_rows(scales, a, a + cr, out=buf[:min(cr, sf.n_spots - a)], standardize=std)
+                  for a in range(0, sf.n_spots, cr))
     return _predict_stream(est, chunks, sf.n_spots, precision)
 
 
@@ -143,7 +153,7 @@ def _token_chunk(sf: Any, scales: Sequence[str], a: int, cr: int, layout: Mappin
     from stfeat.head_inputs import token_rows
 
     t = token_rows(sf, scales, a, a + cr, k=int(layout.get("k_neighbors", 8)),
-                   neighbor_scale=layout.get("neighbor_scale"))
+                   neighbor_scale=layout.get("neighbor_scale"), standardize=layout.get("standardize", "none"))
     b = a + len(t["X"])
     return {**t, "coords_um": sf.coords_um[a:b], "sample_ids": np.full(b - a, sf.sample_id, dtype=object)}
 

@@ -281,3 +281,97 @@ def test_cross_validate_mlp_on_lazy_features_trains_from_chunks(toy, monkeypatch
                         head_params={"hidden": 16, "max_epochs": 3, "device": "cpu", "n_jobs": 1})
     assert len(calls) == len(cv.rows) == 3
     assert all(np.isfinite(P).all() for _, _, P, _ in cv.items)
+
+
+# ------------------------------------------------------------------------------------------ per-slide standardisation
+def test_streamed_slide_stats_equal_the_in_memory_ones(toy):
+    from stfeat.heads._base import _standardize_fit_rows, standardize_fit
+
+    mem, lazy = _load(toy, False), _load(toy, True)
+    for sid in mem.sample_ids:
+        a, b = mem.samples[sid].slide_stats(mem.scales), lazy.samples[sid].slide_stats(lazy.scales)
+        for s in mem.scales:
+            np.testing.assert_allclose(b[s][0], a[s][0], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(b[s][1], a[s][1], rtol=1e-10)
+    # several blocks, a constant column: the pairwise merge keeps it constant (scale 1)
+    X = np.random.default_rng(0).standard_normal((5000, 3)).astype(np.float32) * 4 + 100
+    X[:, 1] = 7.5
+    m1, s1 = standardize_fit(X)
+
+    class Rows:  # a row-sliceable view with small blocks
+        shape = X.shape
+
+        def rows(self, a, b):
+            return X[a:b]
+    import stfeat.heads._base as base
+    real = base._standardize_fit_rows
+    m2, s2 = real(Rows())
+    np.testing.assert_allclose(m2, m1, rtol=1e-12)
+    np.testing.assert_allclose(s2, s1, rtol=1e-9)
+    assert s2[1] == 1.0
+    assert _standardize_fit_rows is real
+
+
+def test_lazy_chunks_and_tokens_are_standardised_per_slide(toy):
+    from stfeat.head_inputs import token_features, token_rows
+
+    mem = _load(toy, False).with_standardize("slide")
+    lazy = _load(toy, True).with_standardize("slide")
+    ids = mem.sample_ids
+    ref = mem.flat(ids)
+    chunks = np.concatenate([X for _, _, X in lazy.iter_flat(ids, chunk_rows=17, reuse_buffer=False)])
+    np.testing.assert_allclose(chunks, ref, rtol=1e-5, atol=1e-5)
+    assert abs(float(chunks[:lazy.samples[ids[0]].n_spots].mean())) < 1e-4
+    sf_m, sf_l = mem.samples[ids[0]], lazy.samples[ids[0]]
+    t_ref = token_features(sf_m, mem.scales, k=4, standardize="slide")
+    t = token_rows(sf_l, lazy.scales, 5, 30, k=4, standardize="slide")
+    np.testing.assert_allclose(t["X"], t_ref["X"][5:30], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(t["mask"], t_ref["mask"][5:30])
+
+
+def test_cross_validate_and_fit_from_stats_under_slide_standardisation(tmp_path):
+    from stfeat.crossval import cross_validate
+    from stfeat.fitting import fit
+
+    samples = toy_dataset(tmp_path)
+    fs = FeatureSet.load(samples, encoder=ENCODER, cache_dir=tmp_path, lazy=True, standardize="slide")
+    kw = dict(head="ridge", genes="hvg:10", conformal=None)
+    a = cross_validate(fs, suffstats=False, **kw)  # the whole standardised matrix in memory (float64 scaling)
+    b = cross_validate(fs, **kw)  # lazy: statistics of standardised row chunks
+    assert b.provenance["standardize"] == "slide"
+    for fold in a.estimators:
+        assert np.all(a.estimators[fold].alpha_ == b.estimators[fold].alpha_)
+    for (_, s1, P1, _), (_, s2, P2, _) in zip(a.items, b.items):
+        assert s1 == s2
+        assert np.abs(P1 - P2).max() <= 1e-4 * np.abs(P1).max()
+    raw = cross_validate(fs.with_standardize("none"), **kw)
+    assert abs(raw.mean_r - b.mean_r) > 1e-6  # the standardisation changed the result
+    keys = {p.name.split(".stats-")[1] for p in tmp_path.rglob("A1.h5.stats-*.npz")}
+    assert len(keys) == 2  # raw and standardised statistics never share a file
+
+    m_mem = fit(FeatureSet.load(samples, encoder=ENCODER, cache_dir=tmp_path, lazy=False, standardize="slide"),
+                head="ridge", genes="hvg:10")
+    m_lazy = fit(fs, head="ridge", genes="hvg:10")
+    assert m_lazy.layout["standardize"] == "slide" and m_mem.estimator.alpha_ == m_lazy.estimator.alpha_
+    sf_mem = FeatureSet.load(samples, encoder=ENCODER, cache_dir=tmp_path, lazy=False).samples["C1"]
+    sf_lazy = FeatureSet.load(samples, encoder=ENCODER, cache_dir=tmp_path, lazy=True).samples["C1"]
+    P_mem, P_lazy = m_mem.predict_features(sf_mem), m_lazy.predict_features(sf_lazy)  # lazy: row chunks
+    assert np.abs(P_mem - P_lazy).max() <= 1e-4 * np.abs(P_mem).max()
+
+
+def test_attention_and_mlp_train_from_standardised_chunks(toy, monkeypatch):
+    import stfeat.heads._attn_chunks as ac
+    import stfeat.heads._mlp_chunks as mc
+    from stfeat.crossval import cross_validate
+
+    seen = []
+    real_mlp, real_attn = mc.fit_mlp_featureset, ac.fit_attention_featureset
+    monkeypatch.setattr(mc, "fit_mlp_featureset", lambda *a, **k: seen.append(("mlp", a[1].standardize)) or real_mlp(*a, **k))
+    monkeypatch.setattr(ac, "fit_attention_featureset",
+                        lambda *a, **k: seen.append(("attention", a[1].standardize)) or real_attn(*a, **k))
+    fs = _load(toy, True)
+    for head, params in (("mlp", {"hidden": 16, "max_epochs": 2, "device": "cpu", "n_jobs": 1}),
+                         ("attention", {"max_epochs": 2, "device": "cpu", "n_jobs": 1})):
+        cv = cross_validate(fs, head=head, genes="hvg:5", head_params=params, standardize="slide", conformal=None)
+        assert all(np.isfinite(P).all() for _, _, P, _ in cv.items)
+    assert ("mlp", "slide") in seen and ("attention", "slide") in seen

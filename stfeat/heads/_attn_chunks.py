@@ -107,7 +107,8 @@ def fit_attention_featureset(head: Any, fs: Any, ids: Sequence[str], genes: Sequ
     train, valid, labels = split_groups(ids, group_of, head.validation_fraction, seed, "an attention head")
 
     def tokens(s, a):
-        return token_rows(fs.samples[s], scales, a, a + chunk_rows, k=k, neighbor_scale=neighbor_scale)
+        return token_rows(fs.samples[s], scales, a, a + chunk_rows, k=k, neighbor_scale=neighbor_scale,
+                          standardize=fs.standardize)
 
     Y = {s: np.asarray(fs.targets(s, genes, transform), np.float64) for s in ids}
     Yall = np.concatenate([Y[s] for s in ids])

@@ -127,6 +127,8 @@ def standardize_fit(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     whose variance is within the rounding bound of a constant (scikit-learn's
     ``_is_constant_feature``) get scale 1.
     """
+    if not isinstance(X, np.ndarray):  # a lazy view (stfeat.cache.LazyRows): one streaming pass
+        return _standardize_fit_rows(X)
     n = X.shape[0]
     mean = X.mean(0, dtype=np.float64)
     ss = np.zeros(X.shape[1])
@@ -138,6 +140,32 @@ def standardize_fit(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         corr += t.sum(0)
         ss += np.einsum("ij,ij->j", t, t)
     var = (ss - corr ** 2 / n) / n
+    eps = np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    scale = np.sqrt(np.maximum(var, 0.0))
+    scale[constant] = 1.0
+    return mean, scale
+
+
+def _standardize_fit_rows(X: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`standardize_fit` of a row-sliceable array read in row blocks, in one pass: each block's
+    mean and sum of squared deviations (two-pass, float64) merged by Chan et al.'s pairwise update."""
+    n_all, d = int(X.shape[0]), int(X.shape[1])
+    step = max(1, 2**23 // max(1, d))  # 64 MB float64 blocks
+    n, mean, m2 = 0, np.zeros(d), np.zeros(d)
+    for a in range(0, n_all, step):
+        b = min(n_all, a + step)
+        t = np.asarray(X.rows(a, b) if hasattr(X, "rows") else X[a:b], np.float32).astype(np.float64)
+        nb = len(t)
+        mb = t.mean(0)
+        t -= mb
+        m2b = np.einsum("ij,ij->j", t, t) - t.sum(0) ** 2 / nb
+        delta = mb - mean
+        tot = n + nb
+        mean = mean + delta * (nb / tot)
+        m2 = m2 + m2b + delta ** 2 * (n * nb / tot)
+        n = tot
+    var = m2 / max(n, 1)
     eps = np.finfo(np.float64).eps
     constant = var <= n * eps * var + (n * mean * eps) ** 2
     scale = np.sqrt(np.maximum(var, 0.0))

@@ -121,7 +121,7 @@ def fs_chunks(fs: Any, train_ids: list[str], valid_ids: list[str], genes: list[s
         def load():
             sf = fs.samples[sid]
             b = min(a + chunk_rows, sf.n_spots)
-            return sf.flat_rows(fs.scales, a, b), fs.targets(sid, genes, transform)[a:b]
+            return sf.flat_rows(fs.scales, a, b, standardize=fs.standardize), fs.targets(sid, genes, transform)[a:b]
         return load
 
     def chunks(part: str):

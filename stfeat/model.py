@@ -192,7 +192,8 @@ class Model:
         """Predictions (spots x genes, in the model's transform, >= 0) for one sample's features
         (a :class:`stfeat.features.SampleFeatures`), standardised per slide when the model was fitted so.
         Lazy features (a sample over the size threshold) are predicted in row chunks
-        (:func:`stfeat.suffstats_cache.predict_sample`)."""
+        (:func:`stfeat.suffstats_cache.predict_sample`, float32 products: equal to the in-memory float64
+        path to ~1e-6 relative)."""
         from stfeat.estimators import predict_estimator, sample_inputs
 
         lay = self.layout
@@ -200,7 +201,8 @@ class Model:
             # a large sample (features on disk): row chunks of its inputs, never the whole matrix or tokens
             from stfeat.suffstats_cache import predict_sample
 
-            P = predict_sample(self.estimator, sf, lay)
+            # float32 products (predictions are float32): ~3x faster than float64, equal to ~1e-6 relative
+            P = predict_sample(self.estimator, sf, lay, precision="float32")
         else:
             P = predict_estimator(self.estimator, sample_inputs(sf, lay))
         # every transform stfeat offers is of non-negative counts: a negative prediction means "none"

@@ -14,12 +14,29 @@ shapes are checked when it is opened (:func:`read_cache_lazy`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from stfeat.errors import InputError
+
+#: a sample whose chosen scales take more float32 bytes than this is read lazily (``lazy=None``);
+#: ``$STFEAT_LAZY_BYTES`` overrides it. 1 GiB = ~87k spots x 3 scales x 1,024 features.
+LAZY_THRESHOLD_BYTES = 1 << 30
+
+
+def lazy_threshold() -> int:
+    """:data:`LAZY_THRESHOLD_BYTES`, or ``$STFEAT_LAZY_BYTES`` when set."""
+    v = os.environ.get("STFEAT_LAZY_BYTES")
+    if v in (None, ""):
+        return LAZY_THRESHOLD_BYTES
+    try:
+        return int(float(v))
+    except ValueError:
+        raise InputError(None, f"STFEAT_LAZY_BYTES={v!r} is not a number of bytes.",
+                         "set it to e.g. 1e9, or unset it.") from None
 
 
 class LazyRows:

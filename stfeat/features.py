@@ -14,13 +14,7 @@ a spatial neighbour graph. From these it builds
 Neighbours never cross samples. They come from the cache when it holds at least k of them, and are
 recomputed from the coordinates in micrometres otherwise.
 
-Per-slide standardisation (``standardize="slide"``, a domain correction for transfer across patients and
-staining batches): before anything else, each scale's features of a sample are centred and scaled with that
-sample's OWN mean and standard deviation over its spots (population std, float64; a feature constant on the
-sample, within rounding, keeps scale 1, so it becomes 0). Flat inputs, the neighbours' mean and the tokens are
-built from the standardised features, so each scale of ``flat()`` has mean 0 and std 1 per sample. A fitted
-:class:`stfeat.Model` records the mode in its layout and applies it to a new sample with the new sample's own
-statistics (:attr:`SampleFeatures.standardize_stats` overrides them: grid predictions use the measured spots').
+Per-slide standardisation (``standardize="slide"``): see :mod:`stfeat.standardize`.
 
 Large samples (Visium HD: ~600k bins) are read lazily: when a sample's chosen scales would take more
 than :data:`LAZY_THRESHOLD_BYTES` as float32 (or when ``lazy=True`` is asked for), its features are
@@ -40,38 +34,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from stfeat._cache_lazy import LAZY_THRESHOLD_BYTES, lazy_threshold  # noqa: F401 - re-exported
 from stfeat.errors import InputError
+from stfeat.standardize import STANDARDIZE, apply_inplace, check_standardize  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-#: values of ``standardize``: ``none`` (features as cached) or ``slide`` (per-sample centring and scaling)
-STANDARDIZE = ("none", "slide")
-
-
-def check_standardize(mode: Any) -> str:
-    """``mode`` if it is one of :data:`STANDARDIZE`, else an InputError naming them."""
-    if mode not in STANDARDIZE:
-        raise InputError(None, f"standardize={mode!r} is not a per-slide standardisation mode.",
-                         f"use one of: {', '.join(STANDARDIZE)}.")
-    return str(mode)
-
-#: a sample whose chosen scales take more float32 bytes than this is read lazily (``lazy=None``);
-#: ``$STFEAT_LAZY_BYTES`` overrides it. 1 GiB = ~87k spots x 3 scales x 1,024 features.
-LAZY_THRESHOLD_BYTES = 1 << 30
 #: rows per chunk handed to heads by :meth:`FeatureSet.iter_flat` (3,072 float32 features: 200 MB)
 CHUNK_ROWS = 16384
-
-
-def lazy_threshold() -> int:
-    """:data:`LAZY_THRESHOLD_BYTES`, or ``$STFEAT_LAZY_BYTES`` when set."""
-    v = os.environ.get("STFEAT_LAZY_BYTES")
-    if v in (None, ""):
-        return LAZY_THRESHOLD_BYTES
-    try:
-        return int(float(v))
-    except ValueError:
-        raise InputError(None, f"STFEAT_LAZY_BYTES={v!r} is not a number of bytes.",
-                         "set it to e.g. 1e9, or unset it.") from None
 
 
 def scale_name(scale: float | str) -> str:
@@ -152,7 +122,7 @@ class SampleFeatures:
             else:
                 blk[...] = v[start:stop]
             if std is not None:
-                _standardize_inplace(blk, std[s])
+                apply_inplace(blk, std[s])
             at += w
         return out
 
@@ -289,12 +259,6 @@ class SampleFeatures:
         idx, dist = spatial_neighbors(self.coords_um, k)
         self.neighbors, self.neighbor_dist_um = idx, dist
         return idx, dist
-
-
-def _standardize_inplace(block: np.ndarray, stats: tuple[np.ndarray, np.ndarray]) -> None:
-    """``block = (block - mean) / std`` in float32, in place (a chunk of one scale's columns)."""
-    block -= np.asarray(stats[0], np.float32)
-    block /= np.asarray(stats[1], np.float32)
 
 
 class FeatureSet:

@@ -1,9 +1,13 @@
 """Head inputs of one sample: the flat vector (scales concatenated, optionally + the neighbours' mean) and the
-token tensors (own scales + neighbours, one mask convention: True = padding). The one place they are built."""
+token tensors (own scales + neighbours, one mask convention: True = padding). The one place they are built.
+
+:func:`build_tokens` arranges plain arrays (not a cached sample) the way ``AttentionHead.fit`` takes them
+directly (scikit-learn style: ``token_mask`` True = a valid token; :func:`stfeat.estimators.fit_estimator`
+converts the pipeline's padding mask to it)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -71,7 +75,7 @@ def token_rows(sf: SampleFeatures, scales: Sequence[str], start: int, stop: int,
     """Rows ``start:stop`` of :func:`token_features`, reading only those rows and their neighbours' rows (sorted,
     unique: what HDF5 point selection needs) from a lazy sample. Under ``standardize="slide"`` the rows are
     standardised with the sample's statistics over all its spots (:meth:`SampleFeatures.standardizer`)."""
-    from stfeat.features import _standardize_inplace
+    from stfeat.standardize import apply_inplace
 
     scales = list(scales)
     nscale = scale_name(neighbor_scale) if neighbor_scale is not None else min(scales, key=float)
@@ -86,7 +90,7 @@ def token_rows(sf: SampleFeatures, scales: Sequence[str], start: int, stop: int,
         v = sf.features[s]
         X[:, i] = v.rows(a, b) if hasattr(v, "rows") else v[a:b]
         if std is not None:
-            _standardize_inplace(X[:, i], std[s])
+            apply_inplace(X[:, i], std[s])
     idx, _ = sf.neighbor_graph(k)
     idx = np.asarray(idx[a:b])
     valid = idx >= 0
@@ -94,7 +98,7 @@ def token_rows(sf: SampleFeatures, scales: Sequence[str], start: int, stop: int,
         uniq, inv = np.unique(idx[valid], return_inverse=True)
         got = np.asarray(sf.features[nscale][uniq], np.float32)  # a lazy view reads just these rows
         if std is not None:
-            _standardize_inplace(got, std[nscale])
+            apply_inplace(got, std[nscale])
         nb = np.zeros((m, k, d), np.float32)
         nb[valid] = got[inv.ravel()]
         X[:, S:] = nb
@@ -106,3 +110,64 @@ def token_rows(sf: SampleFeatures, scales: Sequence[str], start: int, stop: int,
     mask[:, S:] = ~valid
     token_type = np.concatenate([np.arange(S), np.full(k, S)]).astype(np.int64)
     return {"X": X, "rel_pos": rel, "mask": mask, "token_type": token_type}
+
+
+def build_tokens(features: Mapping[str, np.ndarray] | Sequence[np.ndarray], coords_um: np.ndarray,
+                 neighbors: np.ndarray | None = None, *, neighbor_scales: Sequence[int] = (0,)
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Arrange one sample's cached features as attention tokens.
+
+    Parameters
+    ----------
+    features
+        Per-scale features of the sample's spots, ``{scale: (n, d)}`` in scale order (or a list);
+        all scales must share ``d``.
+    coords_um
+        Spot centres in micrometres, (n, 2) (level-0 px times um/px).
+    neighbors
+        (n, k) indices of each spot's spatial neighbours within the same sample (the FAISS graph
+        of the cache); -1 marks a missing neighbour. ``None`` = no neighbour tokens.
+    neighbor_scales
+        Which scales (positions in ``features``) to include for each neighbour.
+
+    Returns
+    -------
+    X : ndarray (n, T, d) float32
+        Tokens: the S own scales first, then for each neighbour its ``neighbor_scales``.
+    rel_pos : ndarray (n, T, 2) float32
+        Neighbour offset in um (0 for own tokens and missing neighbours).
+    token_type : ndarray (T,) int64
+        Own token at scale s -> s; neighbour token at scale s -> S + s.
+    token_mask : ndarray (n, T) bool
+        False for missing neighbours (their tokens are zeros).
+    """
+    feats = list(features.values()) if isinstance(features, Mapping) else list(features)
+    S = len(feats)
+    n, d = feats[0].shape
+    if any(f.shape != (n, d) for f in feats):
+        raise ValueError("all scales must have the same (n_spots, n_features) shape; got "
+                         f"{[f.shape for f in feats]}. Fix: use one encoder's cache for all scales.")
+    coords = np.asarray(coords_um, dtype=np.float64)
+    k = 0 if neighbors is None else neighbors.shape[1]
+    ns = list(neighbor_scales) if k else []
+    T = S + k * len(ns)
+    X = np.zeros((n, T, d), dtype=np.float32)
+    rel = np.zeros((n, T, 2), dtype=np.float32)
+    mask = np.ones((n, T), dtype=bool)
+    types = np.empty(T, dtype=np.int64)
+    for s in range(S):
+        X[:, s] = feats[s]
+        types[s] = s
+    t = S
+    for j in range(k):
+        nb = np.asarray(neighbors[:, j], dtype=np.int64)
+        ok = nb >= 0
+        safe = np.where(ok, nb, 0)
+        off = np.where(ok[:, None], coords[safe] - coords, 0.0)
+        for s in ns:
+            X[:, t] = np.where(ok[:, None], feats[s][safe], 0.0)
+            rel[:, t] = off
+            mask[:, t] = ok
+            types[t] = S + s
+            t += 1
+    return X, rel, types, mask

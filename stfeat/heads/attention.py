@@ -13,70 +13,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from stfeat.head_inputs import build_tokens  # noqa: F401 - re-exported: tokens from plain arrays
 from stfeat.heads._base import BaseHead, inner_split
 
 logger = logging.getLogger(__name__)
-
-
-def build_tokens(features: Mapping[str, np.ndarray] | Sequence[np.ndarray], coords_um: np.ndarray,
-                 neighbors: np.ndarray | None = None, *, neighbor_scales: Sequence[int] = (0,)
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Arrange one sample's cached features as attention tokens.
-
-    Parameters
-    ----------
-    features
-        Per-scale features of the sample's spots, ``{scale: (n, d)}`` in scale order (or a list);
-        all scales must share ``d``.
-    coords_um
-        Spot centres in micrometres, (n, 2) (level-0 px times um/px).
-    neighbors
-        (n, k) indices of each spot's spatial neighbours within the same sample (the FAISS graph
-        of the cache); -1 marks a missing neighbour. ``None`` = no neighbour tokens.
-    neighbor_scales
-        Which scales (positions in ``features``) to include for each neighbour.
-
-    Returns
-    -------
-    X : ndarray (n, T, d) float32
-        Tokens: the S own scales first, then for each neighbour its ``neighbor_scales``.
-    rel_pos : ndarray (n, T, 2) float32
-        Neighbour offset in um (0 for own tokens and missing neighbours).
-    token_type : ndarray (T,) int64
-        Own token at scale s -> s; neighbour token at scale s -> S + s.
-    token_mask : ndarray (n, T) bool
-        False for missing neighbours (their tokens are zeros).
-    """
-    feats = list(features.values()) if isinstance(features, Mapping) else list(features)
-    S = len(feats)
-    n, d = feats[0].shape
-    if any(f.shape != (n, d) for f in feats):
-        raise ValueError("all scales must have the same (n_spots, n_features) shape; got "
-                         f"{[f.shape for f in feats]}. Fix: use one encoder's cache for all scales.")
-    coords = np.asarray(coords_um, dtype=np.float64)
-    k = 0 if neighbors is None else neighbors.shape[1]
-    ns = list(neighbor_scales) if k else []
-    T = S + k * len(ns)
-    X = np.zeros((n, T, d), dtype=np.float32)
-    rel = np.zeros((n, T, 2), dtype=np.float32)
-    mask = np.ones((n, T), dtype=bool)
-    types = np.empty(T, dtype=np.int64)
-    for s in range(S):
-        X[:, s] = feats[s]
-        types[s] = s
-    t = S
-    for j in range(k):
-        nb = np.asarray(neighbors[:, j], dtype=np.int64)
-        ok = nb >= 0
-        safe = np.where(ok, nb, 0)
-        off = np.where(ok[:, None], coords[safe] - coords, 0.0)
-        for s in ns:
-            X[:, t] = np.where(ok[:, None], feats[s][safe], 0.0)
-            rel[:, t] = off
-            mask[:, t] = ok
-            types[t] = S + s
-            t += 1
-    return X, rel, types, mask
 
 
 def _heldout_ridge(own, Y, alpha: float, splits) -> np.ndarray:

@@ -27,10 +27,12 @@ class _Writer:
                 return
             if self.error is not None:
                 continue
-            a, b, feats, padded, tissue = item
+            a, b, feats, padded, tissue, tokens = item
             try:
                 for j, s in enumerate(self.names):
                     self.f["features"][s][a:b] = feats[:, j].astype(self.dtype)
+                    if tokens is not None:  # (b, S, G*G, C): stfeat.patch_tokens
+                        self.f["tokens"][s][a:b] = np.asarray(tokens[:, j], np.float16)
                     self.f["padded"][s][a:b] = padded[:, j]
                     if tissue is not None:
                         self.f["tissue"][s][a:b] = np.asarray(tissue[:, j], np.float16)
@@ -40,9 +42,10 @@ class _Writer:
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 self.error = exc
 
-    def put(self, a: int, b: int, feats: np.ndarray, padded: np.ndarray, tissue: np.ndarray | None = None) -> None:
+    def put(self, a: int, b: int, feats: np.ndarray, padded: np.ndarray, tissue: np.ndarray | None = None,
+            tokens: np.ndarray | None = None) -> None:
         self.check()
-        self.q.put((a, b, feats, padded, tissue))
+        self.q.put((a, b, feats, padded, tissue, tokens))
 
     def check(self) -> None:
         if self.error is not None:

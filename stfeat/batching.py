@@ -13,6 +13,7 @@ Its public names are re-exported by :mod:`stfeat.extraction`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -150,8 +151,10 @@ def auto_batch_size(encoder: "Encoder", device: str, n_scales: int, *, start_cro
 def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", scales_um: Sequence[float],
                   um_per_px: float, batch_size: int, blocks: Sequence[tuple[int, int]] | None = None,
                   num_workers: int = 0, device: str | None = None, prefetch_factor: int = 4, views: Any = None,
-                  ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(start, stop, features float32 (b, S, d), padded bool (b, S), tissue float32 (b, S))`` per block.
+                  ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Yield ``(start, stop, features float32 (b, S, d), padded bool (b, S), tissue float32 (b, S), tokens)`` per
+    block; ``tokens`` is None, or with ``views.tokens`` = G the pooled patch tokens float32 (b, S, G*G, C) of the
+    same forward (:mod:`stfeat.patch_tokens`).
 
     With ``views`` (:class:`stfeat.views.ViewSpec`) each crop becomes V views, all ``b x S x V`` crops of a
     block go through one forward pass and a spot's feature is the mean over its views.
@@ -185,54 +188,76 @@ def iter_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sca
                         timeout=worker_timeout() if workers else 0)
     S = len(scales_um)
     V = int(ds.views.n_views)
+    G = int(getattr(ds.views, "tokens", 0) or 0)
+    stack = contextlib.ExitStack()
+    take = None
+    if G:
+        from stfeat.patch_tokens import capture
+
+        take = stack.enter_context(capture(encoder, G))
+
+    def forward(crops):  # (pooled (m, d), tokens (m, G*G, C) or None) of one forward
+        out = encoder(crops)
+        return out, (take() if take is not None else None)
 
     def finish(p):  # wait for a batch's device-to-host copy and hand it out
-        p_start, p_host, p_ev, p_pad, p_tis = p
+        p_start, p_host, p_ev, p_pad, p_tis, p_tok = p
         p_ev.synchronize()
-        return p_start, p_start + p_pad.shape[0], p_host.view(p_pad.shape[0], S, -1).numpy(), p_pad.numpy(), p_tis
+        return (p_start, p_start + p_pad.shape[0], p_host.view(p_pad.shape[0], S, -1).numpy(), p_pad.numpy(), p_tis,
+                None if p_tok is None else p_tok.view(p_pad.shape[0], S, G * G, -1).numpy())
 
-    todo = iter(blocks)
-    a, b = next(todo)
-    parts: list = []
-    pads: list = []
-    tiss: list = []
-    buf = None
-    pending = None
-    for start, crops, padded, tissue in guarded(loader, workers):
-        start = int(start)
-        if cuda:
-            if buf is None:
-                buf = torch.empty((b - a, S * V, px, px, 3), dtype=torch.uint8, device=device)
-            buf[start - a:start - a + crops.shape[0]].copy_(crops, non_blocking=True)
-        parts.append(crops)
-        pads.append(padded)
-        tiss.append(tissue)
-        if start + crops.shape[0] < b:
-            continue
-        x = buf if cuda else (parts[0] if len(parts) == 1 else torch.cat(parts))
-        padded_b = pads[0] if len(pads) == 1 else torch.cat(pads)
-        tissue_b = torch.cat(tiss).numpy()
-        flat = x.view((b - a) * S * V, px, px, 3)
-        if cuda or flat.shape[0] <= CPU_MAX_CROPS:
-            out = encoder(flat)
-        else:  # on CPU, views multiply the crops of a block: forward them in slices to bound the activations
-            out = torch.cat([encoder(flat[i:i + CPU_MAX_CROPS]) for i in range(0, flat.shape[0], CPU_MAX_CROPS)])
-        if V > 1:  # a spot's embedding: the mean over its views
-            out = out.view(b - a, S, V, -1).float().mean(2)
-        if cuda:
-            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-            host.copy_(out, non_blocking=True)
-            ev = torch.cuda.Event()
-            ev.record()
-            if pending is not None:
-                yield finish(pending)
-            pending = (a, host, ev, padded_b, tissue_b)
-        else:
-            yield a, b, out.reshape(b - a, S, -1).numpy(), padded_b.numpy(), tissue_b
-        parts, pads, tiss, buf = [], [], [], None
-        a, b = next(todo, (b, b))
-    if pending is not None:
-        yield finish(pending)
+    try:
+        todo = iter(blocks)
+        a, b = next(todo)
+        parts: list = []
+        pads: list = []
+        tiss: list = []
+        buf = None
+        pending = None
+        for start, crops, padded, tissue in guarded(loader, workers):
+            start = int(start)
+            if cuda:
+                if buf is None:
+                    buf = torch.empty((b - a, S * V, px, px, 3), dtype=torch.uint8, device=device)
+                buf[start - a:start - a + crops.shape[0]].copy_(crops, non_blocking=True)
+            parts.append(crops)
+            pads.append(padded)
+            tiss.append(tissue)
+            if start + crops.shape[0] < b:
+                continue
+            x = buf if cuda else (parts[0] if len(parts) == 1 else torch.cat(parts))
+            padded_b = pads[0] if len(pads) == 1 else torch.cat(pads)
+            tissue_b = torch.cat(tiss).numpy()
+            flat = x.view((b - a) * S * V, px, px, 3)
+            if cuda or flat.shape[0] <= CPU_MAX_CROPS:
+                out, tok = forward(flat)
+            else:  # on CPU, views multiply the crops of a block: forward them in slices to bound the activations
+                pieces = [forward(flat[i:i + CPU_MAX_CROPS]) for i in range(0, flat.shape[0], CPU_MAX_CROPS)]
+                out = torch.cat([p[0] for p in pieces])
+                tok = None if take is None else torch.cat([p[1] for p in pieces])
+            if V > 1:  # a spot's embedding: the mean over its views (tokens are refused with TTA views)
+                out = out.view(b - a, S, V, -1).float().mean(2)
+            if cuda:
+                host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+                host.copy_(out, non_blocking=True)
+                host_tok = None
+                if tok is not None:
+                    host_tok = torch.empty(tok.shape, dtype=torch.float16, pin_memory=True)
+                    host_tok.copy_(tok, non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record()
+                if pending is not None:
+                    yield finish(pending)
+                pending = (a, host, ev, padded_b, tissue_b, host_tok)
+            else:
+                yield (a, b, out.reshape(b - a, S, -1).numpy(), padded_b.numpy(), tissue_b,
+                       None if tok is None else tok.reshape(b - a, S, G * G, -1).numpy())
+            parts, pads, tiss, buf = [], [], [], None
+            a, b = next(todo, (b, b))
+        if pending is not None:
+            yield finish(pending)
+    finally:
+        stack.close()  # the encoder's forward_features is restored also when the consumer stops early
 
 
 def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encoder", scales_um: Sequence[float]
@@ -297,7 +322,7 @@ def extract_points(slide: Any, centres_px: np.ndarray, *, encoder: "str | Encode
     feats = {s: np.zeros((n, enc.embed_dim), np.float32) for s in names}
     pads = {s: np.zeros(n, bool) for s in names}
     bar = _bar(n, "points", progress)
-    for a, b, f, p, _ in iter_features(slide, centres, encoder=enc, scales_um=scales_um, um_per_px=float(um),
+    for a, b, f, p, _, _ in iter_features(slide, centres, encoder=enc, scales_um=scales_um, um_per_px=float(um),
                                        batch_size=bs, num_workers=num_workers, device=dev, views=views):
         for j, s in enumerate(names):
             feats[s][a:b] = f[:, j]

@@ -58,10 +58,21 @@ def layout_for(est: Any, fs: Any, *, k_neighbors: int = 8, neighbor_mean: bool =
                neighbor_scale: float | str | None = None) -> dict:
     """How ``est`` is fed from ``fs``: recorded in the model, so predict builds the same inputs."""
     tokens = wants_tokens(est)
-    return {"kind": "tokens" if tokens else "flat", "scales": list(fs.scales), "k_neighbors": int(k_neighbors),
-            "neighbor_mean": bool(neighbor_mean and not tokens),
-            "neighbor_scale": None if neighbor_scale is None else f"{float(neighbor_scale):g}", "dim": fs.dim,
-            "standardize": getattr(fs, "standardize", "none")}
+    out = {"kind": "tokens" if tokens else "flat", "scales": list(fs.scales), "k_neighbors": int(k_neighbors),
+           "neighbor_mean": bool(neighbor_mean and not tokens),
+           "neighbor_scale": None if neighbor_scale is None else f"{float(neighbor_scale):g}", "dim": fs.dim,
+           "standardize": getattr(fs, "standardize", "none")}
+    if tokens and getattr(est, "patch_tokens", False):  # M2OST's patch tokens from the cache (stfeat.patch_tokens)
+        from stfeat.errors import InputError
+
+        grids = {s: fs.samples[s].token_grid for s in fs.sample_ids}
+        if not all(grids.values()) or len(set(grids.values())) > 1:
+            raise InputError(None, f"patch_tokens=True needs caches with patch tokens of one grid; the samples have "
+                             f"grids {grids} (0 = none).",
+                             "extract every sample with `stfeat extract ... --tokens G` and load ENCODER+tokG.")
+        out["patch_tokens"] = True
+        out["tokens_grid"] = next(iter(grids.values()))
+    return out
 
 
 def sample_inputs(sf: Any, layout: dict) -> dict[str, Any]:
@@ -75,8 +86,14 @@ def sample_inputs(sf: Any, layout: dict) -> dict[str, Any]:
     std = layout.get("standardize", "none")
     extra = {"coords_um": sf.coords_um, "sample_ids": np.full(sf.n_spots, sf.sample_id, dtype=object)}
     if layout["kind"] == "tokens":
+        if layout.get("patch_tokens") and sf.token_grid != layout.get("tokens_grid"):
+            from stfeat.errors import InputError
+
+            raise InputError(sf.source, f"the model reads {layout.get('tokens_grid')} x {layout.get('tokens_grid')} "
+                             f"patch tokens, but the cache of {sf.sample_id} holds grid {sf.token_grid} (0 = none).",
+                             f"extract it with --tokens {layout.get('tokens_grid')} (the model's encoder folder).")
         t = token_features(sf, layout["scales"], k=layout["k_neighbors"], neighbor_scale=layout.get("neighbor_scale"),
-                           standardize=std)
+                           standardize=std, patch_tokens=bool(layout.get("patch_tokens")))
         return {"X": t["X"], "rel_pos": t["rel_pos"], "token_type": t["token_type"], "mask": t["mask"], **extra}
     return {"X": flat_features(sf, layout["scales"], neighbor_mean=layout["neighbor_mean"],
                                k=layout["k_neighbors"], standardize=std), **extra}

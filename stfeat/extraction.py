@@ -199,6 +199,13 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             if C.scale_name(s) not in f["features"]:
                 C.add_scale(f, s, n=n, dim=int(enc.embed_dim), dtype=dtype, chunk_rows=max(bs, 64))
             C.require_tissue(f, C.scale_name(s), n)
+        if views.tokens:  # the pooled patch-token grid of every crop (stfeat.patch_tokens)
+            from stfeat import patch_tokens as PT
+
+            tdim = int(f.attrs.get("tokens_dim", 0)) or PT.token_dim(enc, views.tokens)
+            for s in scales:
+                PT.add_tokens(f, C.scale_name(s), n=n, grid=int(views.tokens), dim=tdim)
+            C._set_attrs(f, {"tokens_grid": int(views.tokens), "tokens_dim": tdim, "tokens_source": PT.source_of(enc)})
         if k > 0 and int(f.attrs.get("k_neighbors", 0)) != k:
             idx, dist = spatial_neighbors(coords * um, k)
             C.write_neighbors(f, idx, dist)
@@ -229,10 +236,10 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             bar = _bar(n_computed, sample.sample_id, progress)
             done_spots = 0
             try:
-                for a, b, feats, pads, tissue in iter_features(sample.slide, coords, encoder=enc, scales_um=todo_scales,
-                                                               um_per_px=um, batch_size=bs, blocks=blocks, views=views,
-                                                               num_workers=num_workers, device=device):
-                    writer.put(a, b, feats, pads, tissue)
+                for a, b, feats, pads, tissue, toks in iter_features(
+                        sample.slide, coords, encoder=enc, scales_um=todo_scales, um_per_px=um, batch_size=bs,
+                        blocks=blocks, views=views, num_workers=num_workers, device=device):
+                    writer.put(a, b, feats, pads, tissue, toks)
                     done_spots += b - a
                     bar.update(b - a)
                     if callback is not None:
@@ -296,6 +303,7 @@ def extract_caches(
     tta: str = "none",
     tta_hed_jitter: float = 0.0,
     background: str = "keep",
+    tokens: int = 0,
 ) -> list[Path]:
     """Extract multi-scale features of every spot of every sample into the feature cache (``stfeat extract``).
 
@@ -349,6 +357,9 @@ def extract_caches(
     stain_norm, stain_reference, tta, tta_hed_jitter, background
         What the encoder sees (:mod:`stfeat.views`); non-plain views go to ``{cache_dir}/{encoder_tag}+{views}/``
         (e.g. ``densenet121+macenko+d8``), and such a variant name given as ``encoder`` sets them too.
+    tokens
+        Also store each crop's patch-token grid (ViT) or last feature map (CNN) pooled to ``tokens`` x ``tokens``
+        (:mod:`stfeat.patch_tokens`; crop mode, a ``+tok{G}`` folder); 0 = none.
 
     Returns
     -------
@@ -381,7 +392,7 @@ def extract_caches(
 
     encoder, views, ident = extraction_identity(encoder, weights=weights, pretrained=pretrained, stain_norm=stain_norm,
                                                 stain_reference=stain_reference, tta=tta,
-                                                tta_hed_jitter=tta_hed_jitter, background=background)
+                                                tta_hed_jitter=tta_hed_jitter, background=background, tokens=tokens)
     finals = [C.cache_path(root, ident.tag, r.sample_id) for r in refs]
     from stfeat.dense import MODES
 

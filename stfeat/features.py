@@ -92,6 +92,8 @@ class SampleFeatures:
     #: scale -> (mean, std) to standardise with instead of this sample's own statistics (``standardize="slide"``);
     #: grid predictions set it to the measured spots' statistics
     standardize_stats: dict | None = None
+    #: the cache-file row of each row (None: file order), for :meth:`patch_tokens`
+    token_rows: np.ndarray | None = None
     #: scale -> (mean, std) of this sample's own features, once computed (not part of its identity)
     _own_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -125,6 +127,12 @@ class SampleFeatures:
                 apply_inplace(blk, std[s])
             at += w
         return out
+
+    @property
+    def token_grid(self) -> int:
+        """G of the patch tokens its cache holds (``extract --tokens G``; read them with
+        :func:`stfeat.patch_tokens.sample_tokens`), 0 when it holds none."""
+        return int(self.attrs.get("tokens_grid", 0) or 0) if self.source is not None else 0
 
     @property
     def coords_um(self) -> np.ndarray:
@@ -209,7 +217,8 @@ class SampleFeatures:
             neighbor_dist_um=None if self.neighbor_dist_um is None else self.neighbor_dist_um[order],
             source=self.source, attrs=self.attrs, expression=self.expression, sample=self.sample,
             tissue_fraction={k: v[order] for k, v in self.tissue_fraction.items()},
-            standardize_stats=self.standardize_stats)
+            standardize_stats=self.standardize_stats,
+            token_rows=order if self.token_rows is None else self.token_rows[order])
 
     def slide_stats(self, scales: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Scale -> (mean, std) (float64, over this sample's rows; std 1 for a constant feature)."""

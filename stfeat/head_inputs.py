@@ -37,7 +37,8 @@ def flat_features(sf: SampleFeatures, scales: Sequence[str], *, neighbor_mean: b
 
 
 def token_features(sf: SampleFeatures, scales: Sequence[str], *, k: int = 8,
-                   neighbor_scale: str | None = None, standardize: str = "none") -> dict[str, np.ndarray]:
+                   neighbor_scale: str | None = None, standardize: str = "none",
+                   patch_tokens: bool = False) -> dict[str, np.ndarray]:
     """Tokens of one sample for the attention head.
 
     Returns
@@ -49,6 +50,10 @@ def token_features(sf: SampleFeatures, scales: Sequence[str], *, k: int = 8,
         ``mask`` (n, S + k) bool, True where a neighbour token is padding; ``token_type`` (S + k,) int64:
         0..S-1 for the own scales, S for neighbours. Under ``standardize="slide"`` every scale is first
         standardised with the sample's statistics over its spots (per scale).
+
+    With ``patch_tokens`` (M2OST's input, a cache extracted with ``--tokens G``) the G*G patch tokens of each scale
+    (:func:`stfeat.patch_tokens.sample_tokens`) follow the own tokens, scale by scale, with token type S + i for
+    scale i (neighbours then get 2S) and ``rel_pos`` the offset of the cell centre from the spot in micrometres.
     """
     scales = list(scales)
     nscale = scale_name(neighbor_scale) if neighbor_scale is not None else min(scales, key=float)
@@ -67,7 +72,30 @@ def token_features(sf: SampleFeatures, scales: Sequence[str], *, k: int = 8,
     mask = np.zeros((n, S + k), bool)
     mask[:, S:] = ~valid
     token_type = np.concatenate([np.arange(S), np.full(k, S)]).astype(np.int64)
-    return {"X": np.concatenate([own, nb], axis=1), "rel_pos": rel, "mask": mask, "token_type": token_type}
+    if not patch_tokens:
+        return {"X": np.concatenate([own, nb], axis=1), "rel_pos": rel, "mask": mask, "token_type": token_type}
+    from stfeat.errors import InputError
+    from stfeat.patch_tokens import cell_offsets_um, sample_tokens
+
+    toks, offs, types = [], [], []
+    for i, s in enumerate(scales):
+        t = sample_tokens(sf, s, standardize)
+        if t.shape[-1] != own.shape[-1]:
+            raise InputError(sf.source, f"its patch tokens at {s} um are {t.shape[-1]}-d but the pooled features "
+                             f"{own.shape[-1]}-d (e.g. CLS + mean pooling).",
+                             "use an encoder variant whose pooled vector has the token width (e.g. CLS pooling).")
+        toks.append(t)
+        offs.append(np.broadcast_to(cell_offsets_um(sf.token_grid, float(s))[None], (n, t.shape[1], 2)))
+        types.append(np.full(t.shape[1], S + i))
+    P = sum(t.shape[1] for t in toks)
+    rel_all = np.zeros((n, S + P + k, 2), np.float32)
+    rel_all[:, S:S + P] = np.concatenate(offs, axis=1)
+    rel_all[:, S + P:] = rel[:, S:]
+    mask_all = np.zeros((n, S + P + k), bool)
+    mask_all[:, S + P:] = mask[:, S:]
+    types_all = np.concatenate([np.arange(S), *types, np.full(k, 2 * S)]).astype(np.int64)
+    return {"X": np.concatenate([own, *toks, nb], axis=1), "rel_pos": rel_all, "mask": mask_all,
+            "token_type": types_all}
 
 
 def token_rows(sf: SampleFeatures, scales: Sequence[str], start: int, stop: int, *, k: int = 8,

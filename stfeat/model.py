@@ -197,7 +197,7 @@ class Model:
         from stfeat.estimators import predict_estimator, sample_inputs
 
         lay = self.layout
-        if getattr(sf, "is_lazy", False) and not lay.get("neighbor_mean"):
+        if getattr(sf, "is_lazy", False) and not lay.get("neighbor_mean") and not lay.get("patch_tokens"):
             # a large sample (features on disk): row chunks of its inputs, never the whole matrix or tokens
             from stfeat.suffstats_cache import predict_sample
 

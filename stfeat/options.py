@@ -91,6 +91,9 @@ class ExtractOptions:
     background: str = _opt("keep", "fill: black and white background pixels become white (as the padding past the "
                            "image edge); keep: as scanned. The tissue fraction is stored either way.",
                            choices=("keep", "fill"))
+    tokens: int = _opt(0, "Also store each crop's patch-token grid (ViT) or last feature map (CNN) pooled to G x G "
+                       "(float16, /tokens/SCALE; crop mode; cache folder ENCODER+tokG) for AttentionHead("
+                       "patch_tokens=True); 0: none.", min=0)
     verbose: bool = _opt(False, "Debug logging, and tracebacks of internal errors.", cli_only=True)
 
 

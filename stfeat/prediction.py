@@ -238,7 +238,7 @@ def _spot_features(model: Any, s: Any, *, cache_dir, encoder, weights, device, b
         base, views = _model_views(model, enc)
         extract_caches([s], encoder=base, weights=weights, scales_um=model.scales_um, cache_dir=cdir,
                        stain_norm=views.stain_norm, stain_reference=views.stain_reference or None, tta=views.tta,
-                       tta_hed_jitter=views.tta_hed_jitter, background=views.background,
+                       tta_hed_jitter=views.tta_hed_jitter, background=views.background, tokens=views.tokens,
                        k_neighbors=int(model.layout.get("k_neighbors", 8)), device=device, batch_size=batch_size,
                        dtype=str(model.encoder_attrs.get("dtype") or "float16"))
         how = f"extracted into {p}"

@@ -30,6 +30,13 @@ CropDataset`), all views of a batch go through ONE forward pass (``b x S x V`` c
    a black-background scan does not look like dense nuclei. With stain normalisation they are filled
    before it as well, so the stain estimate is not fitted to black glass.
 
+6. **Patch tokens** (``tokens`` = G > 0, ``extract --tokens G``; not a view of the pixels): besides the pooled
+   vector, the encoder's patch-token grid (ViT) or last feature map (CNN) of each crop, average-pooled to
+   G x G, is stored in float16 as ``/tokens/{scale}`` (n, G*G, C), row-major over the crop (row 0 = top);
+   the layout is in the cache attrs (``tokens_grid``, ``tokens_dim``, ``tokens_source``). Crop mode only,
+   and not with ``tta="d8"`` (rotated views would mix token positions). M2OST-style heads read them
+   (``AttentionHead(patch_tokens=True)``); the others ignore them. A ``+tok{G}`` variant folder.
+
 The view set is part of the cache configuration: :meth:`ViewSpec.identity` enters the encoder identity
 (hence the ``config_hash``) and :attr:`ViewSpec.suffix` the cache folder: ``cache/densenet121/C2.h5``
 (plain, identical to before views existed) and ``cache/densenet121+macenko+d8+bgfill/C2.h5``. That
@@ -56,7 +63,8 @@ log = logging.getLogger(__name__)
 STAIN_NORMS = ("none", "macenko", "reinhard")
 TTAS = ("none", "d8")
 BACKGROUNDS = ("keep", "fill")
-VIEW_OPTIONS = ("stain_norm", "stain_reference", "tta", "tta_hed_jitter", "background")
+VIEW_OPTIONS = ("stain_norm", "stain_reference", "tta", "tta_hed_jitter", "background", "tokens")
+MAX_TOKENS_GRID = 16
 WHITE_MIN = 220
 BLACK_MAX = 40
 FILL = 255  # stfeat.slide.WHITE: the padding of crops past the image edge
@@ -78,6 +86,8 @@ class ViewSpec:
     tta_hed_jitter: float = 0.0
     background: str = "keep"
     stain_reference: str = ""
+    #: patch-token grid G stored per crop (0: none); see the module docstring, step 6
+    tokens: int = 0
 
     def __post_init__(self) -> None:
         for name, val, allowed in (("stain_norm", self.stain_norm, STAIN_NORMS), ("tta", self.tta, TTAS),
@@ -87,13 +97,21 @@ class ViewSpec:
                                  f"give e.g. {name}={allowed[0]!r}.")
         if not (np.isfinite(self.tta_hed_jitter) and self.tta_hed_jitter >= 0):
             raise InputError(None, f"tta_hed_jitter must be >= 0, got {self.tta_hed_jitter!r}.", "give e.g. 0.05.")
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, (int, np.integer)) or \
+                not 0 <= int(self.tokens) <= MAX_TOKENS_GRID:
+            raise InputError(None, f"tokens must be a grid size 0..{MAX_TOKENS_GRID}, got {self.tokens!r}.",
+                             "give e.g. tokens=4 (--tokens 4) for a 4 x 4 grid, or 0 for none.")
+        if self.tokens and self.tta != "none":
+            raise InputError(None, f"patch tokens (tokens={self.tokens}) cannot be averaged over tta={self.tta!r} "
+                             "views: flips and rotations move the token positions.",
+                             "extract tokens without --tta, or TTA features without --tokens.")
         if self.reference_digest and self.stain_norm == "none":
             raise InputError(None, "a stain reference was given without stain normalisation.",
                              "add stain_norm='macenko' or 'reinhard', or drop stain_reference.")
 
     @classmethod
     def build(cls, *, stain_norm: str = "none", stain_reference: str | Path | None = None, tta: str = "none",
-              tta_hed_jitter: float = 0.0, background: str = "keep") -> "ViewSpec":
+              tta_hed_jitter: float = 0.0, background: str = "keep", tokens: int = 0) -> "ViewSpec":
         """The spec of the extraction options (hashes the reference file)."""
         digest = ""
         if stain_reference is not None and str(stain_reference):
@@ -102,10 +120,17 @@ class ViewSpec:
                 raise InputError(p, "the stain reference image does not exist.", "give an RGB image file (PNG, JPEG, TIFF).")
             digest = hashlib.sha256(p.read_bytes()).hexdigest()[:10]
             stain_reference = str(p.resolve())
-        return cls(stain_norm, digest, tta, float(tta_hed_jitter), background, str(stain_reference or ""))
+        return cls(stain_norm, digest, tta, float(tta_hed_jitter), background, str(stain_reference or ""),
+                   int(tokens or 0))
 
     @property
     def plain(self) -> bool:
+        """No view option in use (the cache is the encoder's own folder, dense mode is possible)."""
+        return self.plain_pixels and not self.tokens
+
+    @property
+    def plain_pixels(self) -> bool:
+        """The crops reach the encoder as read (tokens may still be stored)."""
         return self.stain_norm == "none" and self.tta == "none" and self.tta_hed_jitter == 0 and self.background == "keep"
 
     @property
@@ -124,14 +149,19 @@ class ViewSpec:
             parts.append(f"hed{self.tta_hed_jitter:g}")
         if self.background != "keep":
             parts.append("bg" + self.background)
+        if self.tokens:
+            parts.append(f"tok{int(self.tokens)}")
         return "".join("+" + p for p in parts)
 
     def identity(self) -> dict[str, Any] | None:
         """What enters the encoder identity (None for plain views: the identity stays as it always was)."""
         if self.plain:
             return None
-        return {"stain_norm": self.stain_norm, "reference_digest": self.reference_digest, "tta": self.tta,
-                "tta_hed_jitter": float(self.tta_hed_jitter), "background": self.background}
+        out = {"stain_norm": self.stain_norm, "reference_digest": self.reference_digest, "tta": self.tta,
+               "tta_hed_jitter": float(self.tta_hed_jitter), "background": self.background}
+        if self.tokens:  # only when used: the identity of caches without tokens stays as it was
+            out["tokens"] = int(self.tokens)
+        return out
 
     def to_attrs(self) -> dict[str, Any]:
         """The cache/model record (identity plus the reference path, so predict can refit the normaliser)."""
@@ -164,6 +194,8 @@ class ViewSpec:
                     break
             elif t == "bgfill" and "background" not in kw:
                 kw["background"] = "fill"
+            elif t.startswith("tok") and t[3:].isdigit() and "tokens" not in kw:
+                kw["tokens"] = int(t[3:])
             else:
                 break
             s = head
@@ -175,7 +207,7 @@ class ViewSpec:
             return mode
         if mode == "dense":
             raise InputError(None, f"dense extraction takes plain views, not {self.suffix!r} (stain_norm, tta, "
-                             "tta_hed_jitter and background act on per-spot crops).",
+                             "tta_hed_jitter, background and tokens act on per-spot crops).",
                              "use --mode crop (or auto) with these views, or drop them for dense mode.")
         return "crop"
 
@@ -187,7 +219,7 @@ class ViewSpec:
         V = self.n_views
         bg = background_mask(crops)
         tissue = 1.0 - bg.mean(axis=(2, 3), dtype=np.float64)
-        if self.plain:
+        if self.plain_pixels:
             return crops, tissue.astype(np.float32)
         out = np.empty((b, S * V) + crops.shape[2:], np.uint8)
         norm = _normaliser(self.stain_norm, self.stain_reference, self.reference_digest) \
@@ -294,18 +326,20 @@ def normalise(norm: Any, crop: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- wiring
 def resolve(encoder: Any, *, stain_norm: str = "none", stain_reference: str | Path | None = None,
-            tta: str = "none", tta_hed_jitter: float = 0.0, background: str = "keep") -> tuple[Any, ViewSpec]:
+            tta: str = "none", tta_hed_jitter: float = 0.0, background: str = "keep", tokens: int = 0
+            ) -> tuple[Any, ViewSpec]:
     """``(base encoder, ViewSpec)`` from an encoder (maybe a variant name) and the view options.
 
     A variant name (``"densenet121+macenko"``) sets its views; explicit options must then agree with it.
     """
     base, named = ViewSpec.from_variant(encoder) if isinstance(encoder, str) else (encoder, ViewSpec())
-    given = not (stain_norm == "none" and tta == "none" and not tta_hed_jitter and background == "keep")
+    given = not (stain_norm == "none" and tta == "none" and not tta_hed_jitter and background == "keep" and not tokens)
     spec = ViewSpec.build(stain_norm=stain_norm if given or named.plain else named.stain_norm,
-                          stain_reference=stain_reference, tta=tta, tta_hed_jitter=tta_hed_jitter, background=background)
+                          stain_reference=stain_reference, tta=tta, tta_hed_jitter=tta_hed_jitter, background=background,
+                          tokens=tokens if given or named.plain else named.tokens)
     if named.plain:
         return encoder, spec
-    key = lambda v: (v.stain_norm, v.tta, v.tta_hed_jitter, v.background)  # noqa: E731
+    key = lambda v: (v.stain_norm, v.tta, v.tta_hed_jitter, v.background, v.tokens)  # noqa: E731
     if given and key(spec) != key(named):
         raise InputError(None, f"the encoder name {encoder!r} names the views {named.suffix!r} but the options ask "
                          f"for {spec.suffix!r}.", "give the base encoder name with the options, or the variant name alone.")
@@ -317,7 +351,7 @@ def resolve(encoder: Any, *, stain_norm: str = "none", stain_reference: str | Pa
         raise InputError(None, f"{encoder!r} uses the default stain reference, but stain_reference was given.",
                          "drop stain_reference, or give the base encoder name with the options.")
     return base, ViewSpec(named.stain_norm, named.reference_digest, named.tta, named.tta_hed_jitter,
-                          named.background, spec.stain_reference)
+                          named.background, spec.stain_reference, named.tokens)
 
 
 def variant_identity(ident: Any, spec: ViewSpec) -> Any:

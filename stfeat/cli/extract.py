@@ -44,12 +44,13 @@ def extract_cmd(
     tta: Annotated[str, typer.Option("--tta", help=_h("tta"))] = "none",
     tta_hed_jitter: Annotated[float, typer.Option("--tta-hed-jitter", help=_h("tta_hed_jitter"))] = 0.0,
     background: Annotated[str, typer.Option("--background", help=_h("background"))] = "keep",
+    tokens: Annotated[int, typer.Option("--tokens", metavar="G", help=_h("tokens"))] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_h("verbose"))] = False,
 ) -> None:
     """Extract multi-scale encoder features of every spot into the HDF5 feature cache.
 
     One file per sample: {cache-dir}/{encoder}/{sample}.h5 ({encoder}+{views}/ with --stain-norm, --tta,
-    --tta-hed-jitter or --background fill), with a spatial neighbour graph.
+    --tta-hed-jitter, --background fill or --tokens G), with a spatial neighbour graph.
     Complete files are skipped, interrupted ones resumed. Prints one line per sample.
     """
     from stfeat.config import call

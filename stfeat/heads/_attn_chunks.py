@@ -239,7 +239,7 @@ def use_attention_chunks(est: Any, fs: Any, layout: Mapping[str, Any]) -> bool:
     from stfeat.heads.attention import AttentionHead
 
     return (type(est) is AttentionHead and layout.get("kind") == "tokens" and est.mode == "query"
-            and fs.is_lazy)
+            and not layout.get("patch_tokens") and fs.is_lazy)
 
 
 __all__ = ["fit_attention_featureset", "use_attention_chunks", "split_groups"]

@@ -116,6 +116,9 @@ class AttentionHead(BaseHead):
         ``"query"`` (one query token attends to all tokens) or ``"nh2st"``.
     contrastive_weight, contrastive_temperature
         Weight and temperature of the NH2ST auxiliary losses.
+    patch_tokens
+        An input option (``mode="query"``): also attend to the G x G patch tokens of every field of view that
+        ``stfeat extract --tokens G`` cached (M2OST's many-to-one input, :mod:`stfeat.patch_tokens`).
     dropout, input_dropout
         Dropout in the blocks and on the input features.
     lr, weight_decay, batch_size, max_epochs, patience
@@ -162,8 +165,9 @@ class AttentionHead(BaseHead):
                  validation_fraction: float = 0.15, device: str = "auto",
                  n_jobs: int | None = None, random_state: int | None = 0,
                  mode: str = "query", contrastive_weight: float = 0.1,
-                 contrastive_temperature: float = 0.05):
+                 contrastive_temperature: float = 0.05, patch_tokens: bool = False):
         self.mode = mode
+        self.patch_tokens = patch_tokens
         self.contrastive_weight = contrastive_weight
         self.contrastive_temperature = contrastive_temperature
         self.d_model = d_model
@@ -255,6 +259,9 @@ class AttentionHead(BaseHead):
             raise ValueError(f"baseline must be 'ridge' or None; got {self.baseline!r}.")
         if self.mode not in ("query", "nh2st"):
             raise ValueError(f"mode must be 'query' or 'nh2st'; got {self.mode!r}.")
+        if self.patch_tokens and self.mode != "query":
+            raise ValueError("patch_tokens=True works with mode='query' (NH2ST's neighbour branch takes every token "
+                             "after the spot's own as a neighbour). Fix: mode='query', or patch_tokens=False.")
         if Y is None:
             raise ValueError("AttentionHead requires y to be passed, but the target y is None. Fix: pass the "
                              "expression targets (spots x genes).")

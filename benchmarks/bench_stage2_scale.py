@@ -68,7 +68,8 @@ def _write(folder: Path, points: int, dim: int, n_scales: int, n_samples: int) -
         coords = np.c_[np.arange(n) % side, np.arange(n) // side].astype(np.float64) * 4.0
         write_cache(folder / f"S{i:02d}.h5", barcodes=np.array([f"b{k}" for k in range(n)]), coords=coords,
                     features=feats, attrs={"encoder": "bench", "sample_id": f"S{i:02d}",
-                                           "patient": f"P{i // 2}", "um_per_px": 0.5, "weights_id": "bench"})
+                                           "patient": f"P{i // 2}", "um_per_px": 0.5, "weights_id": "bench"},
+                    index=False)  # the FAISS index of the embeddings is not part of stage two
         del feats
 
 

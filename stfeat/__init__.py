@@ -38,6 +38,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "predict": ("stfeat.prediction", "predict"),
     "Model": ("stfeat.model", "Model"),
     "compare": ("stfeat.variants", "compare"),
+    "similar_spots": ("stfeat.spot_index", "similar_spots"),
     "create_encoder": ("stfeat.encoders", "create_encoder"),
     "list_encoders": ("stfeat.encoders", "list_encoders"),
     "run": ("stfeat.config", "run"),

@@ -46,6 +46,9 @@ def describe(path: Path) -> str:
             lines.append(f"  neighbors:  k={nb.shape[1]} spatial{med}")
         else:
             lines.append("  neighbors:  none")
+        from stfeat.spot_index import describe as describe_index
+
+        lines.extend(describe_index(f))
     lines.append(f"  versions:   stfeat {attrs.get('stfeat_version')}, torch {attrs.get('torch_version')}, "
                  f"timm {attrs.get('timm_version')}, schema {attrs.get('schema_version')}")
     return "\n".join(lines)

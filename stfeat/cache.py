@@ -401,12 +401,14 @@ def write_cache(
     neighbor_dist_um: np.ndarray | None = None,
     dtype: str = "float16",
     tissue_fraction: Mapping[str | float, np.ndarray] | None = None,
+    index: bool = True,
 ) -> Path:
     """Write a complete cache file in one go (tests, synthetic data, conversions).
 
     ``attrs`` needs at least ``encoder`` and ``sample_id``; schema, config hash (from the encoder
     name when absent), scales, ``complete`` and timestamps are filled in. Written to a temporary
-    name and renamed into place.
+    name and renamed into place. ``index``: also write the FAISS index of the embeddings
+    (:mod:`stfeat.spot_index`), as extraction does.
     """
     import h5py
 
@@ -445,6 +447,10 @@ def write_cache(
             write_neighbors(f, neighbors, neighbor_dist_um if neighbor_dist_um is not None
                             else np.full(np.shape(neighbors), np.nan, np.float32))
             a.setdefault("k_neighbors", int(np.shape(neighbors)[1]))
+        if index:
+            from stfeat.spot_index import write_indexes
+
+            write_indexes(f)
         write_checksums(f)
         _set_attrs(f, a)
     os.replace(tmp, path)
@@ -457,6 +463,9 @@ def finalize(f: Any, *, scales_um: Sequence[float]) -> None:
     missing = [s for s, m in masks.items() if not m.all()]
     if missing:
         raise RuntimeError(f"{f.filename}: refusing to mark complete, scales {missing} are not done")
+    from stfeat.spot_index import write_indexes
+
+    write_indexes(f)  # the FAISS index of every scale's embeddings
     write_checksums(f)
     _set_attrs(f, {"scales_um": sorted(float(s) for s in scales_um), "completed": now_iso(),
                    "complete": True})

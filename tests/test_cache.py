@@ -61,7 +61,8 @@ def test_round_trip_layout_and_attrs(tmp_path):
     path = tmp_path / "toy" / "S.h5"
     feats = _write(path)
     with h5py.File(path, "r") as f:
-        assert set(f) == {"barcodes", "coords", "features", "padded", "done", "tissue", "neighbors"}
+        assert set(f) == {"barcodes", "coords", "features", "padded", "done", "tissue", "neighbors", "faiss"}
+        assert set(f["faiss"]) == {"112", "224"}  # the FAISS index of each scale (stfeat.spot_index)
         assert f["features/112"].dtype == np.float16 and f["features/112"].shape == (20, 6)
         assert f["neighbors/spatial"].dtype == np.int64
         assert f["neighbors/spatial_dist_um"].dtype == np.float32

@@ -90,7 +90,7 @@ def _rgb_module(vit: Any) -> Any:
         "torch.load(weights_only=True), strict keys). Resize to 224 (official Resize((224,224)); TRIDENT "
         "bilinear, no crop); bf16 as TRIDENT (the official code states no precision). Gated: not verified "
         "(lazyslide-models lists it as not gated). Training resolution not verified (TRIDENT runs it at "
-        "20x); 0.5 um/px listed.",
+        "20x); 0.5 um/px listed. The hub's AutoModel route (trust_remote_code=True) is not used.",
     ),
     aliases=("genbio", "genbio_pathfm", "genbiopathfm", "genbio-pathfm-vitg16"),
 )

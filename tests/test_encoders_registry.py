@@ -185,7 +185,8 @@ def test_musk_and_genbio_facts():
     assert g.mean == (0.697, 0.575, 0.728) and g.std == (0.188, 0.240, 0.187)
     assert g.license == "GenBio AI Community (non-commercial)" and not g.gated and "not verified" in g.notes
     kw = g.model_kwargs
-    assert (kw["embed_dim"], kw["depth"], kw["num_heads"], kw["in_chans"], kw["n_storage_tokens"]) == (1536, 40, 24, 1, 4)
+    dims = (kw["embed_dim"], kw["depth"], kw["num_heads"], kw["in_chans"], kw["n_storage_tokens"])
+    assert dims == (1536, 40, 24, 1, 4)
     assert kw["ffn_layer"] == "swiglu64" and kw["layerscale_init"] == 1e-5 and kw["qkv_bias"] is False
     assert g.needs == ("genbio_pathfm",) and get_spec("genbio").name == "genbio-pathfm"
     assert "trust_remote_code" in g.notes  # the hub's remote code is named, and not used
@@ -311,7 +312,8 @@ def test_genbio_glue_on_a_stand_in_package(monkeypatch, tmp_path):
     xn = enc.preprocess(x)
     with torch.inference_mode():
         for c in range(3):
-            torch.testing.assert_close(out[:, 48 * c:48 * (c + 1)], vit.forward_features(xn[:, c:c + 1])["x_norm_clstoken"])
+            cls = vit.forward_features(xn[:, c:c + 1])["x_norm_clstoken"]
+            torch.testing.assert_close(out[:, 48 * c:48 * (c + 1)], cls)
     sd = {k: v.clone() for k, v in vit.state_dict().items()}
     torch.save(sd, tmp_path / "model.pth")
     torch.testing.assert_close(create_encoder("genbio-pathfm", tiny=True, weights=tmp_path / "model.pth")(x), out)

@@ -18,7 +18,8 @@ log = logging.getLogger("stfeat.extraction")
 
 
 # ---------------------------------------------------------------- samples, shards, plans
-def _parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """``(i, n)`` of a shard ``"i/n"`` (0-based) or tuple; None: torchrun's ``RANK``/``WORLD_SIZE`` (else 0/1)."""
     if shard is None:
         ws = int(os.environ.get("WORLD_SIZE", "1") or 1)
         rank = int(os.environ.get("RANK", "0") or 0)

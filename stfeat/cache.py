@@ -65,9 +65,13 @@ _ATTR_JSON = {"encoder_identity", "views"}
 
 
 # ---------------------------------------------------------------- names and paths
-def scale_name(um: float) -> str:
-    """Dataset name of a field of view: ``f"{um:g}"`` (112.0 -> "112", 56.5 -> "56.5")."""
-    return f"{float(um):g}"
+def scale_name(um: float | str) -> str:
+    """Dataset name of a field of view in micrometres: ``f"{um:g}"`` (112.0 -> "112", "56.5" -> "56.5");
+    the one spelling of scale names (:mod:`stfeat.features` re-exports it)."""
+    try:
+        return f"{float(um):g}"
+    except (TypeError, ValueError):
+        raise ValueError(f"scale {um!r} is not a number of micrometres (e.g. 112, 224, 448)") from None
 
 
 def encoder_tag(name: str) -> str:
@@ -320,7 +324,8 @@ def describe_cache(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------- writing
-def _set_attrs(f: Any, attrs: Mapping[str, Any]) -> None:
+def set_attrs(f: Any, attrs: Mapping[str, Any]) -> None:
+    """Write provenance ``attrs`` on an open cache file (JSON for the structured ones, None as "")."""
     for k, v in attrs.items():
         if v is None:
             v = ""
@@ -337,7 +342,8 @@ def _set_attrs(f: Any, attrs: Mapping[str, Any]) -> None:
         f.attrs[k] = v
 
 
-def _np_dtype(dtype: str | np.dtype) -> np.dtype:
+def feature_dtype(dtype: str | np.dtype) -> np.dtype:
+    """The storage dtype of features: float16 or float32 (ValueError otherwise)."""
     d = np.dtype(dtype)
     if d not in (np.dtype(np.float16), np.dtype(np.float32)):
         raise ValueError(f"feature dtype must be float16 or float32, not {d}")
@@ -358,7 +364,7 @@ def add_scale(f: Any, scale_um: float, *, n: int, dim: int, dtype: str | np.dtyp
               chunk_rows: int = 256) -> str:
     """Create the (empty, not done) datasets of one scale; returns its name."""
     name = scale_name(scale_um)
-    d = f["features"].create_dataset(name, shape=(n, dim), dtype=_np_dtype(dtype),
+    d = f["features"].create_dataset(name, shape=(n, dim), dtype=feature_dtype(dtype),
                                      chunks=(max(1, min(n, chunk_rows)), dim) if n else None)
     d.attrs["scale_um"] = float(scale_um)
     f["padded"].create_dataset(name, shape=(n,), dtype=bool)
@@ -429,14 +435,14 @@ def write_cache(
     a.setdefault("config_hash", config_hash({"encoder": a.get("encoder"), "weights_id": a.get("weights_id")}))
     stamp = now_iso()
     a.update(schema_version=K.CACHE_SCHEMA_VERSION, n_spots=n, scales_um=sorted(feats),
-             dtype=str(_np_dtype(dtype)), created=a.get("created", stamp), completed=stamp, complete=True)
+             dtype=str(feature_dtype(dtype)), created=a.get("created", stamp), completed=stamp, complete=True)
     if feats:
         a.setdefault("embed_dim", int(next(iter(feats.values())).shape[1]))
     with h5py.File(tmp, "w") as f:
         create_datasets(f, barcodes=barcodes, coords=coords)
         for s, v in sorted(feats.items()):
             name = add_scale(f, s, n=n, dim=v.shape[1], dtype=dtype)
-            f["features"][name][...] = v.astype(_np_dtype(dtype))
+            f["features"][name][...] = v.astype(feature_dtype(dtype))
             pad = None if padded is None else padded.get(name, padded.get(s))  # type: ignore[call-overload]
             f["padded"][name][...] = np.zeros(n, bool) if pad is None else np.asarray(pad, bool)
             f["done"][name][...] = True
@@ -452,7 +458,7 @@ def write_cache(
 
             write_indexes(f)
         write_checksums(f)
-        _set_attrs(f, a)
+        set_attrs(f, a)
     os.replace(tmp, path)
     return path
 
@@ -467,7 +473,7 @@ def finalize(f: Any, *, scales_um: Sequence[float]) -> None:
 
     write_indexes(f)  # the FAISS index of every scale's embeddings
     write_checksums(f)
-    _set_attrs(f, {"scales_um": sorted(float(s) for s in scales_um), "completed": now_iso(),
+    set_attrs(f, {"scales_um": sorted(float(s) for s in scales_um), "completed": now_iso(),
                    "complete": True})
     f.flush()
 
@@ -498,5 +504,6 @@ __all__ = [
     "CacheData", "cache_path", "encoder_tag", "scale_name", "read_cache", "read_attrs", "write_cache",
     "describe_cache", "cache_lock", "config_hash", "partial_path", "lock_path", "check_sample_id",
     "verify_attrs", "checksum", "check_compatible", "LazyRows", "read_cache_lazy", "feature_bytes", "feature_fingerprint",
-    "stats_path", "read_stats", "write_stats",
+    "stats_path", "read_stats", "write_stats", "set_attrs", "feature_dtype", "add_scale", "create_datasets",
+    "write_neighbors", "finalize",
 ]

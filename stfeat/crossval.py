@@ -212,6 +212,7 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
     from stfeat import suffstats_cache as ssc
     from stfeat.errors import InputError
     from stfeat.heads._attn_chunks import use_attention_chunks
+    from stfeat.heads._knn_chunks import use_knn_chunks
 
     spot_folds = any(getattr(f, "train_masks", None) or getattr(f, "test_masks", None) for f in plan.folds)
     by_stats = ssc.use_suffstats(probe, fs, layout, suffstats)
@@ -241,6 +242,11 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
             from stfeat.heads._mlp_chunks import fit_mlp_featureset
 
             fit_mlp_featureset(est, fs, list(fold.train), list(sel.genes), transform, plan.groups)
+            P = ssc.predict_chunks(est, fs, fold.test, layout)
+        elif chunked_mlp and use_knn_chunks(est, fs, layout):
+            from stfeat.heads._knn_chunks import fit_knn_featureset
+
+            fit_knn_featureset(est, fs, list(fold.train), list(sel.genes), transform)
             P = ssc.predict_chunks(est, fs, fold.test, layout)
         elif chunked_mlp and use_attention_chunks(est, fs, layout):
             from stfeat.heads._attn_chunks import fit_attention_featureset
@@ -397,7 +403,8 @@ def assemble(fs: Any, pieces: dict) -> tuple[list, dict, dict]:
 def prediction_adata(fs: Any, sid: str, P: np.ndarray, genes: list[str], transform: str, *, fold: Any = "",
                      prov: dict | None = None, interval: tuple | None = None):
     """AnnData of one sample's predictions: X = predicted, layers measured/predicted (and lower/upper, the
-    conformal interval), obsm["spatial"] (px), obs fold (per spot for blocked splits) and region labels."""
+    conformal interval), obsm["spatial"] (px), obs fold (per spot for blocked splits), region labels and, when
+    the sample has an image, uns["spatial"][sid] (H&E images + scale factors, :func:`stfeat.spatial_uns.spatial_uns`)."""
     import anndata as ad
     import pandas as pd
 
@@ -414,4 +421,12 @@ def prediction_adata(fs: Any, sid: str, P: np.ndarray, genes: list[str], transfo
         a.obs["region"] = pd.Categorical(np.asarray(labels, dtype=object))
     a.obsm["spatial"] = np.asarray(sf.coords_px, np.float64)
     a.uns["stfeat"] = {k: str(v) for k, v in (prov or {}).items()}
+    s = getattr(sf, "sample", None)
+    if s is not None and getattr(s, "slide", None) is not None:  # as predict's: sc.pl.spatial over the H&E
+        from stfeat.spatial_uns import spatial_uns
+
+        try:
+            a.uns["spatial"] = spatial_uns(s, library_id=sid, coords_px=a.obsm["spatial"])
+        except (OSError, ValueError) as exc:  # an unreadable image costs the maps' background, not the fit
+            log.warning("no uns['spatial'] images for %s (%s)", sid, exc)
     return a

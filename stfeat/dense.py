@@ -325,7 +325,7 @@ def cache_mode(f: Any, path: Any, mode: str, coords_um: np.ndarray, encoder: "En
     if prev is not None and str(prev) != m and any(v.any() for v in masks.values()):
         raise InputError(path, f"holds {prev}-mode features, not {m}-mode ones ({why}).",
                          "pass --overwrite to recompute it, or use another --cache-dir.")
-    C._set_attrs(f, {"extraction_mode": m, "extraction_mode_reason": why})
+    C.set_attrs(f, {"extraction_mode": m, "extraction_mode_reason": why})
     return m
 
 

@@ -82,7 +82,7 @@ class SampleResult:
 from stfeat._cache_writer import _Writer  # noqa: E402 - the writer thread (kept out of this module)
 
 from stfeat.identity import _Identity, encoder_identity  # noqa: E402 - encoder_identity is public here too
-from stfeat._plan import _Plan, _parse_shard, _plan  # noqa: E402
+from stfeat._plan import _Plan, _plan, parse_shard  # noqa: E402
 
 
 def _versions() -> dict[str, str]:
@@ -182,7 +182,7 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
                 raise
             raise disk_error(part, exc) from None
         slide_path = getattr(sample.slide, "path", "")
-        C._set_attrs(f, {
+        C.set_attrs(f, {
             "schema_version": K.CACHE_SCHEMA_VERSION, "complete": False, "created": C.now_iso(), "completed": "",
             "encoder": ident.name, "encoder_tag": ident.tag, "encoder_identity": ident.identity,
             "weights_id": ident.weights_id, "config_hash": ident.hash, "um_per_px": um,
@@ -194,7 +194,7 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
         })
     V.check_resolution(sample.sample_id, scales, um, int(enc.spec.input_px))
     try:
-        C._set_attrs(f, {"complete": False, "completed": ""})
+        C.set_attrs(f, {"complete": False, "completed": ""})
         for s in scales:
             if C.scale_name(s) not in f["features"]:
                 C.add_scale(f, s, n=n, dim=int(enc.embed_dim), dtype=dtype, chunk_rows=max(bs, 64))
@@ -205,14 +205,14 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
             tdim = int(f.attrs.get("tokens_dim", 0)) or PT.token_dim(enc, views.tokens)
             for s in scales:
                 PT.add_tokens(f, C.scale_name(s), n=n, grid=int(views.tokens), dim=tdim)
-            C._set_attrs(f, {"tokens_grid": int(views.tokens), "tokens_dim": tdim, "tokens_source": PT.source_of(enc)})
+            C.set_attrs(f, {"tokens_grid": int(views.tokens), "tokens_dim": tdim, "tokens_source": PT.source_of(enc)})
         if k > 0 and int(f.attrs.get("k_neighbors", 0)) != k:
             idx, dist = spatial_neighbors(coords * um, k)
             C.write_neighbors(f, idx, dist)
-            C._set_attrs(f, {"k_neighbors": k})
+            C.set_attrs(f, {"k_neighbors": k})
         elif k == 0 and "neighbors" in f:
             del f["neighbors"]
-            C._set_attrs(f, {"k_neighbors": 0})
+            C.set_attrs(f, {"k_neighbors": 0})
         f.flush()
         masks = C.done_masks(f)
         # compute each scale that still has missing rows, block by block (fixed composition)
@@ -224,7 +224,7 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
         if todo_scales and m == "dense":
             n_computed, dstats = write_dense(f, sample.slide, coords, todo_scales, encoder=enc, um_per_px=um,
                                              dtype=dtype, tile_px=tile_px, callback=callback, sample_id=sample.sample_id)
-            C._set_attrs(f, dstats.to_attrs())
+            C.set_attrs(f, dstats.to_attrs())
         elif todo_scales:
             names = [C.scale_name(s) for s in todo_scales]
             need = np.zeros(n, bool)
@@ -376,7 +376,7 @@ def extract_caches(
     from concurrent.futures import ThreadPoolExecutor
 
     t_all = time.perf_counter()
-    dt = C._np_dtype(dtype)
+    dt = C.feature_dtype(dtype)
     scales = sorted({float(s) for s in scales_um})
     if not scales or any(s <= 0 for s in scales):
         raise InputError(None, f"scales_um must be positive micrometres, got {list(scales_um)}.", "give e.g. 112, 224.")
@@ -386,7 +386,7 @@ def extract_caches(
     from stfeat.io import as_samples
 
     refs = as_samples(samples, lazy=True, um_per_px=um_per_px)
-    rank, world = _parse_shard(shard)
+    rank, world = parse_shard(shard)
     refs = refs[rank::world]
     from stfeat.views import extraction_identity
 

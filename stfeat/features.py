@@ -35,6 +35,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from stfeat._cache_lazy import LAZY_THRESHOLD_BYTES, lazy_threshold  # noqa: F401 - re-exported
+from stfeat.cache import scale_name  # noqa: F401 - re-exported: the one spelling of scale names
 from stfeat.errors import InputError
 from stfeat.standardize import STANDARDIZE, apply_inplace, check_standardize  # noqa: F401 - re-exported
 
@@ -42,14 +43,6 @@ log = logging.getLogger(__name__)
 
 #: rows per chunk handed to heads by :meth:`FeatureSet.iter_flat` (3,072 float32 features: 200 MB)
 CHUNK_ROWS = 16384
-
-
-def scale_name(scale: float | str) -> str:
-    """Canonical dataset name of a scale in micrometres: ``112`` -> ``"112"``, ``56.5`` -> ``"56.5"``."""
-    try:
-        return f"{float(scale):g}"
-    except (TypeError, ValueError):
-        raise ValueError(f"scale {scale!r} is not a number of micrometres (e.g. 112, 224, 448)") from None
 
 
 def cache_file(cache_dir: str | Path, encoder: str, sample_id: str) -> Path:

@@ -35,10 +35,13 @@ def _as_list(x: Any) -> list:
 
 
 def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform: str = "log1p_cp10k",
-        split: str = "auto", head_params: dict | None = None, k_neighbors: int = 8, neighbor_mean: bool = False,
+        head_params: dict | None = None, k_neighbors: int = 8, neighbor_mean: bool = False,
         neighbor_scale: float | str | None = None, seed: int = 0, intercept: bool = True,
         standardize: str | None = None, suffstats: bool | None = None):
     """Fit one head on ALL samples of ``features`` (genes chosen on all of them): the model for prediction.
+
+    There is no outer split (that is :func:`stfeat.crossval.cross_validate`'s): patients (else sections) are the
+    inner validation groups for early stopping and the penalty.
 
     Parameters
     ----------
@@ -49,9 +52,6 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     genes, transform, head_params, k_neighbors, neighbor_mean, neighbor_scale, seed, standardize
         As in :func:`stfeat.crossval.cross_validate`. The model records ``standardize`` and applies it at predict
         with the new sample's own statistics.
-    split
-        Accepted for symmetry with :func:`cross_validate`; the refit uses every sample, with patients
-        (else sections) as the inner (early-stopping, penalty) validation groups.
     intercept
         Give ``hest-ridge`` an intercept, so predictions are in the target's units (HEST's intercept-free
         protocol is kept for its cross-validated benchmark numbers, where Pearson r does not depend on it;
@@ -89,6 +89,7 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     layout = layout_for(est, fs, k_neighbors=k_neighbors, neighbor_mean=neighbor_mean, neighbor_scale=neighbor_scale)
     from stfeat import suffstats_cache as ssc
     from stfeat.heads._attn_chunks import use_attention_chunks
+    from stfeat.heads._knn_chunks import use_knn_chunks
 
     # statistics and chunks are of the rows FeatureSet.iter_flat yields: standardised per slide under fs.standardize
     if ssc.use_suffstats(est, fs, layout, suffstats):
@@ -97,6 +98,10 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
         from stfeat.heads._mlp_chunks import fit_mlp_featureset
 
         fit_mlp_featureset(est, fs, list(ids), list(sel.genes), transform, groups_of)
+    elif use_knn_chunks(est, fs, layout):
+        from stfeat.heads._knn_chunks import fit_knn_featureset
+
+        fit_knn_featureset(est, fs, list(ids), list(sel.genes), transform)
     elif use_attention_chunks(est, fs, layout):
         from stfeat.heads._attn_chunks import fit_attention_featureset
 
@@ -109,7 +114,7 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
     return Model(estimator=est, head=hname, genes=list(sel.genes), transform=transform, layout=layout,
                  encoder=fs.provenance["encoder"],
                  encoder_attrs={k: attrs.get(k) for k in ("encoder", "encoder_tag", "weights_id", "config_hash",
-                                                           "patch_px", "embed_dim", "dtype", "views")},
+                                                           "patch_px", "embed_dim", "dtype", "views", "extraction_mode")},
                  gene_rule=sel.rule, gene_rule_description=sel.description,
                  cache_dir=None if fs.cache_dir is None else str(Path(fs.cache_dir).resolve()),
                  train_samples=list(ids), split=split_mode, seed=seed, notes=notes)
@@ -157,7 +162,7 @@ def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | P
             cv = cross_validate(fs, head=h, head_params=params, metric_top_k=metric_top_k, conformal=conformal,
                                 **opts)
             cvs[cv.tag] = cv
-            models[cv.tag] = fit(fs, head=h, head_params=params, **opts)
+            models[cv.tag] = fit(fs, head=h, head_params=params, **{k: v for k, v in opts.items() if k != "split"})
     return write_report(out_dir, cvs, models, fsets, save_fold_models=save_fold_models, plots=plots,
                         metric_top_k=metric_top_k, heads={head_name(h): head_params.get(head_name(h), {})
                                                           for h in heads}, k_neighbors=k_neighbors,

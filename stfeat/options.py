@@ -145,6 +145,8 @@ class PredictOptions:
                                "{sample}_predicted.h5ad.", path=True)
     grid_um: Optional[float] = _opt(None, "Predict on a grid with this step (um) over the tissue instead of at "
                                     "the measured spots.", min="positive")
+    grid_max_points: Optional[int] = _opt(None, "Most grid points allowed; default 500000 for models of crop-mode "
+                                          "features, 3000000 for dense-mode ones.", min=1)
     cache_dir: Optional[Path] = _opt(None, "Where the sample's cached features are; default the cache the model "
                                      "was fitted on.", path=True)
     head: Optional[str] = _opt(None, "Which head's model, when the fit output holds several.")
@@ -155,6 +157,10 @@ class PredictOptions:
     device: Optional[str] = _opt(None, "cpu, cuda or cuda:N for extraction.")
     batch_size: Optional[int] = _opt(None, "Points per extraction batch.", min=1)
     plot: bool = _opt(True, "Write a PNG map beside the .h5ad.")
+    map_genes: Optional[list[str]] = _opt(None, "Genes mapped in the PNGs: a number K (the K of highest predicted "
+                                          "variance; default 6), all, or gene names (comma-separated).")
+    spatialdata: bool = _opt(False, 'Also write OUT.zarr, a SpatialData store (circles + table + H&E); needs pip '
+                             'install "stfeat[spatialdata]".')
     allow_pickle: bool = _opt(False, "Load a head saved with pickle (a custom estimator): only for models you "
                               "trust.")
     verbose: bool = _opt(False, "Debug logging, and tracebacks of internal errors.", cli_only=True)
@@ -383,12 +389,12 @@ def _check(cls: type, name: str, value: Any) -> None:
 
 
 def _check_shard(name: str, text: str) -> None:
+    from stfeat._plan import parse_shard  # the one parser of "i/n"
+
     try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise OptionError(name, f"{name} {text!r} should look like i/n.", "give e.g. 0/4.") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise OptionError(name, f"{name} {text!r}: i is 0-based, so 0 <= i < n.", "give 0/4 .. 3/4 for 4 shards.")
+        parse_shard(text)
+    except InputError as exc:
+        raise OptionError(name, exc.problem, exc.fix) from None
 
 
 def _check_split(name: str, text: str) -> None:

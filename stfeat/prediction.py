@@ -47,21 +47,38 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def tissue_grid(sample: Any, step_um: float, *, max_points: int = 500_000) -> tuple[np.ndarray, str]:
-    """Grid centres (m, 2) level-0 px with spacing ``step_um`` over the tissue, and how the tissue was found."""
+# Most grid points by default (option grid_max_points): crop mode runs one forward per point and scale, dense
+# mode one per tissue tile, so a dense-mode model takes an 8 um grid over a whole Visium HD section (~600k)
+GRID_MAX_POINTS = {"crop": 500_000, "dense": 3_000_000}
+
+
+def _too_many(sample: Any, what: str, step_um: float, max_points: int) -> InputError:
+    return InputError(sample.meta.get("source_path"), f"{what} (more than grid_max_points = {max_points}).",
+                      f"use a larger grid_um than {step_um:g} (--grid-um), or raise grid_max_points "
+                      "(--grid-max-points; each point costs memory for its features and predictions).")
+
+
+def tissue_grid(sample: Any, step_um: float, *, max_points: int | None = None, mode: str = "crop",
+                ) -> tuple[np.ndarray, str]:
+    """Grid centres (m, 2) level-0 px with spacing ``step_um`` over the tissue, and how the tissue was found.
+
+    More than ``max_points`` points (default :data:`GRID_MAX_POINTS` of the extraction ``mode``) raise an
+    :class:`InputError` naming the option ``grid_max_points``."""
     from scipy.spatial import cKDTree
 
     if not step_um > 0:
         raise ValueError(f"grid step must be positive micrometres, got {step_um}")
+    if max_points is None:
+        max_points = GRID_MAX_POINTS.get(mode, GRID_MAX_POINTS["crop"])
     um = float(sample.um_per_px)
     step_px = step_um / um
     spots = np.asarray(sample.coords, float)
     pitch = float(np.median(cKDTree(spots).query(spots, k=2)[0][:, 1])) if len(spots) > 1 else 100.0 / um
     W, H = sample.slide.dimensions
     n_pts = (W / step_px) * (H / step_px)
-    if n_pts > max_points * 4:
-        raise ValueError(f"a {step_um:g} um grid over a {W}x{H} px slide is about {n_pts:.0f} points; use a "
-                         f"larger step")
+    if n_pts > max(max_points * 4, 4_000_000):  # before building it: the tissue is rarely under a quarter
+        raise _too_many(sample, f"a {step_um:g} um grid over the whole {W}x{H} px slide is about {n_pts:.0f} points",
+                        step_um, max_points)
     # anchored on a measured spot, so a step that divides the spot pitch passes through the spot centres
     x0, y0 = (np.mod(spots[0], step_px) if len(spots) else (step_px / 2, step_px / 2))
     xs = np.arange(x0, W, step_px)
@@ -91,74 +108,14 @@ def tissue_grid(sample: Any, step_um: float, *, max_points: int = 500_000) -> tu
         keep = near
     pts = pts[keep]
     if len(pts) > max_points:
-        raise ValueError(f"{len(pts)} grid points over the tissue (more than {max_points}); use a larger step")
+        raise _too_many(sample, f"a {step_um:g} um grid over the tissue has {len(pts)} points", step_um, max_points)
     log.info("grid: %d points every %g um; tissue from %s", len(pts), step_um, how)
     return pts, how
 
 
 # ------------------------------------------------------------------------------------------ maps
-MAP_GENES = 6  # genes mapped: those of highest predicted variance
-
-
-def map_step_px(sample: Any, coords_px: np.ndarray, grid_um: float | None) -> tuple[float | None, int, str]:
-    """How the prediction map is drawn: ``(raster step in level-0 px, fill, description)`` for dense points,
-    ``(None, 0, description)`` for spots (one scatter marker each); ``fill`` as in :func:`stfeat.pl.rasterize`.
-
-    Dense is extraction's rule (:data:`stfeat.dense.AUTO_DENSE_SPACING_UM`): points closer than 50 um
-    (Visium HD bins, Xenium cells), and every ``--grid`` prediction. The raster step is the grid step,
-    else the bin size the reader recorded (Visium HD), else the points' median nearest-neighbour spacing
-    (cells: each map pixel the mean of the cells centred in it; an empty pixel next to cells takes the
-    mean of its 3 x 3 neighbourhood, ``fill=1``, so the gaps between cell centres do not speckle the map).
-    """
-    from stfeat.dense import AUTO_DENSE_SPACING_UM, median_spacing_um
-
-    um = float(sample.um_per_px)
-    if grid_um is not None:
-        return float(grid_um) / um, 0, f"raster: the {float(grid_um):g} um prediction grid"
-    spacing = median_spacing_um(np.asarray(coords_px, dtype=np.float64) * um)
-    if not spacing <= AUTO_DENSE_SPACING_UM:
-        return None, 0, f"scatter: spots {spacing:.0f} um apart (> {AUTO_DENSE_SPACING_UM:g} um)"
-    bin_um = sample.meta.get("bin_size_um")
-    if bin_um:
-        return float(bin_um) / um, 0, f"raster: {float(bin_um):g} um bins"
-    return spacing / um, 1, (f"raster: points {spacing:.1f} um apart (<= {AUTO_DENSE_SPACING_UM:g} um), "
-                             f"{spacing:.1f} um map pixels, each the mean of the points centred in it, "
-                             "gaps of one pixel filled from their neighbours")
-
-
-def gene_map_paths(out: Path, genes: list[str]) -> dict[str, Path]:
-    """``{gene: OUT_STEM.GENE.png}`` beside ``out``; characters unsafe in file names become ``_``."""
-    import re
-
-    paths: dict[str, Path] = {}
-    used: set[str] = set()
-    for g in genes:
-        safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(g)).strip(".") or "gene"
-        name, k = safe, 2
-        while name.lower() in used:  # two genes that differ only in unsafe characters (or case)
-            name, k = f"{safe}_{k}", k + 1
-        used.add(name.lower())
-        paths[g] = out.with_name(f"{out.stem}.{name}.png")
-    return paths
-
-
-def _write_maps(s: Any, coords: np.ndarray, P: np.ndarray, genes: list[str], order: list[int], out: Path,
-                step_px: float | None, fill: int, files: dict[str, Path], *, title: str) -> None:
-    """``OUT.png`` (the top genes, one panel each) and, for dense points, ``OUT.GENE.png`` per gene."""
-    from stfeat import pl
-
-    names = [genes[i] for i in order]
-    thumb = pl.sample_thumbnail(s)
-    if step_px is None:  # spots: one marker each
-        pl.expression_map(thumb, coords, P[:, order], names, save=out.with_suffix(".png"), title=title)
-        return
-    um = float(s.um_per_px)
-    pl.raster_map(P[:, order], coords, step_px, thumb, genes=[f"{g} predicted" for g in names], title=title,
-                  um_per_px=um, max_side=1000, fill=fill, panel_in=4.0, dpi=110, save=out.with_suffix(".png"))
-    for i, g in zip(order, names):
-        pl.raster_map(P[:, i], coords, step_px, thumb, genes=[f"{g} predicted"], title=title, um_per_px=um,
-                      fill=fill, save=files[g])
-    log.info("maps: %s and %d per-gene maps %s.GENE.png", out.with_suffix(".png"), len(files), out.stem)
+# moved to stfeat._predict_outputs (with the h5ad / SpatialData writing); re-exported here
+from stfeat._predict_outputs import MAP_GENES, gene_map_paths, map_step_px  # noqa: E402,F401
 
 
 # ------------------------------------------------------------------------------------------ predict
@@ -240,7 +197,8 @@ def _spot_features(model: Any, s: Any, *, cache_dir, encoder, weights, device, b
                        stain_norm=views.stain_norm, stain_reference=views.stain_reference or None, tta=views.tta,
                        tta_hed_jitter=views.tta_hed_jitter, background=views.background, tokens=views.tokens,
                        k_neighbors=int(model.layout.get("k_neighbors", 8)), device=device, batch_size=batch_size,
-                       dtype=str(model.encoder_attrs.get("dtype") or "float16"))
+                       dtype=str(model.encoder_attrs.get("dtype") or "float16"),
+                       mode=str(model.encoder_attrs.get("extraction_mode") or "auto"))
         how = f"extracted into {p}"
     sf = SampleFeatures.from_cache(p, scales=model.layout["scales"], sample_id=s.sample_id)
     want = model.encoder_attrs.get("config_hash")
@@ -248,6 +206,11 @@ def _spot_features(model: Any, s: Any, *, cache_dir, encoder, weights, device, b
         raise InputError(p, f"was made with another encoder configuration ({sf.attrs.get('config_hash')}) than the "
                          f"model's ({want}).", "point --cache-dir to the cache the model was fitted on, or move this "
                          "file away so features are extracted afresh.")
+    want_mode, got_mode = model.encoder_attrs.get("extraction_mode"), sf.attrs.get("extraction_mode")
+    if want_mode and got_mode and str(got_mode) != str(want_mode):
+        raise InputError(p, f"holds {got_mode}-mode features, but the model was fitted on {want_mode}-mode ones.",
+                         "point --cache-dir to a cache of the model's mode, or move this file away so features are "
+                         "extracted afresh in that mode.")
     return sf.aligned_to(s.barcodes, sample_path=s.meta.get("source_path")), how
 
 
@@ -272,7 +235,14 @@ def _spot_stats(model: Any, s: Any, cache_dir) -> dict | None:
     return sf.slide_stats(model.layout["scales"])
 
 
-def _grid_features(model: Any, s: Any, pts: np.ndarray, *, encoder, weights, device, batch_size):
+def model_mode(model: Any) -> str:
+    """The extraction engine of the model's training features (``extraction_mode`` of its caches, recorded at
+    fit): ``"dense"`` or ``"crop"`` (also for models fitted before it was recorded)."""
+    m = str(model.encoder_attrs.get("extraction_mode") or "crop")
+    return m if m in ("crop", "dense") else "crop"
+
+
+def _grid_features(model: Any, s: Any, pts: np.ndarray, *, encoder, weights, device, batch_size, mode="crop"):
     from stfeat.extraction import extract_points
     from stfeat.features import SampleFeatures
 
@@ -282,7 +252,7 @@ def _grid_features(model: Any, s: Any, pts: np.ndarray, *, encoder, weights, dev
     enc = _check_encoder(model, encoder, weights)
     enc, views = _model_views(model, enc)
     feats = extract_points(s.slide, pts, encoder=enc, scales_um=model.scales_um, um_per_px=s.um_per_px,
-                           weights=weights, device=device, batch_size=batch_size, views=views)
+                           weights=weights, device=device, batch_size=batch_size, views=views, mode=mode)
     # The heads were fitted on features as the cache stores them (float16 by default): round fresh features
     # the same way, so a grid point on a measured spot gets that spot's prediction.
     stored = model.encoder_attrs.get("dtype")
@@ -293,9 +263,10 @@ def _grid_features(model: Any, s: Any, pts: np.ndarray, *, encoder, weights, dev
 
 
 def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: float | None = None,
-            cache_dir: str | Path | None = None, head: str | None = None, encoder: Any = None,
-            weights: str | Path | None = None, device: str | None = None, batch_size: int | None = None,
-            plot: bool = True, allow_pickle: bool = False):
+            grid_max_points: int | None = None, cache_dir: str | Path | None = None, head: str | None = None,
+            encoder: Any = None, weights: str | Path | None = None, device: str | None = None,
+            batch_size: int | None = None, plot: bool = True, map_genes: Any = None, spatialdata: bool = False,
+            allow_pickle: bool = False):
     """Predict expression for a sample's spots, or on a dense grid over its tissue.
 
     Parameters
@@ -306,12 +277,16 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
     sample
         One sample: a path, a SampleRef or a Sample.
     out
-        ``.h5ad`` to write (atomically); with ``plot`` maps are written beside it: ``OUT.png`` (the
-        genes of highest predicted variance, one panel each) and, for dense points (bins, cells, a grid:
-        :func:`map_step_px`), one ``OUT.GENE.png`` per such gene, painted as an image on the points'
-        lattice over the H&E (:func:`stfeat.pl.raster_map`); spots are drawn as markers.
+        ``.h5ad`` to write (atomically); with ``plot`` maps are written beside it: ``OUT.png`` (the first
+        6 mapped genes, one panel each) and, for dense points (bins, cells, a grid: :func:`map_step_px`),
+        one ``OUT.GENE.png`` per mapped gene, painted as an image on the points' lattice over the H&E
+        (:func:`stfeat.pl.raster_map`); spots are drawn as markers (per gene too when more than 6 are mapped).
     grid_um
-        Grid step in micrometres: predict on a grid over the tissue instead of at the spots.
+        Grid step in micrometres: predict on a grid over the tissue instead of at the spots. The grid's
+        features come from the engine of the model's training features (``extraction_mode`` recorded at fit:
+        dense for bins/cells extracted densely, else crop), recorded in ``uns["stfeat"]["extraction_mode"]``.
+    grid_max_points
+        Most grid points allowed (default 500,000 for a crop-mode model, 3,000,000 for a dense-mode one).
     cache_dir
         Where the sample's features are, or go when they must be extracted (default: the cache the model
         was fitted on).
@@ -319,6 +294,12 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
         Which model of a multi-model fit output.
     encoder, weights
         Override the encoder (name or built Encoder) / weights used when features must be extracted.
+    map_genes
+        The genes mapped in the PNGs: a number K (the K of highest predicted variance; default 6), ``"all"``,
+        or gene names (a list or a comma-separated string).
+    spatialdata
+        Also write ``OUT.zarr``, a SpatialData store (circles + table + the H&E; needs
+        ``pip install "stfeat[spatialdata]"``).
     allow_pickle
         Allow a legacy pickled head (runs code from the file; only for models you made).
 
@@ -327,19 +308,24 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
     AnnData
         ``X`` = predicted expression (the model's transform, clipped at 0) for the model's genes; spots: obs =
         barcodes, ``layers["measured"]`` = the measured values under the same transform; grid: obs
-        ``grid_*``, ``obs["in_tissue"]``. ``obsm["spatial"]`` holds level-0 px centres (x, y).
+        ``grid_*``, ``obs["in_tissue"]``. ``obsm["spatial"]`` holds level-0 px centres (x, y);
+        ``uns["spatial"][sample_id]`` the H&E images and scale factors (scverse convention).
     """
     import anndata as ad
     import pandas as pd
 
     from stfeat import __version__
+    from stfeat._predict_outputs import parse_map_genes, require_spatialdata, write_prediction
     from stfeat.model import Model
     from stfeat.targets import Expression, target_matrix
 
+    if spatialdata:
+        require_spatialdata(out)  # before any extraction
     if not isinstance(model, Model):
         model = Model.load(model, head, allow_pickle=allow_pickle)
     s = _one_sample(sample)
     genes = list(model.genes)
+    map_spec = parse_map_genes(map_genes, genes)  # a misspelt gene fails before any extraction
     prov = {"model_dir": str(model.path or ""), "encoder": model.encoder, "head": model.head,
             "transform": model.transform, "gene_rule": model.gene_rule, "stfeat_version": __version__,
             "sample_id": s.sample_id, "clipped_at_zero": "true",
@@ -347,6 +333,8 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
     kw = dict(encoder=encoder, weights=weights, device=device, batch_size=batch_size)
     if grid_um is None:
         sf, prov["features"] = _spot_features(model, s, cache_dir=cache_dir, **kw)
+        if sf.attrs.get("extraction_mode"):
+            prov["extraction_mode"] = sf.attrs["extraction_mode"]
         P = model.predict_features(sf)
         a = ad.AnnData(X=P, obs=pd.DataFrame(index=pd.Index(s.barcodes, name="barcode")),
                        var=pd.DataFrame(index=pd.Index(genes, name="gene")))
@@ -355,8 +343,9 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
         a.layers["measured"] = target_matrix(Expression.from_sample(s), genes, model.transform)
         a.obsm["spatial"] = s.coords
     else:
-        pts, how = tissue_grid(s, float(grid_um))
-        sf = _grid_features(model, s, pts, **kw)
+        mode = model_mode(model)
+        pts, how = tissue_grid(s, float(grid_um), max_points=grid_max_points, mode=mode)
+        sf = _grid_features(model, s, pts, mode=mode, **kw)
         if model.layout.get("standardize", "none") == "slide":
             sf.standardize_stats = _spot_stats(model, s, cache_dir)
             prov["standardize_stats"] = "grid points" if sf.standardize_stats is None else "measured spots (cache)"
@@ -366,7 +355,7 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
         a.obs["in_tissue"] = True
         a.layers["predicted"] = P
         a.obsm["spatial"] = pts
-        prov.update(features="extracted", grid_step_um=float(grid_um), tissue=how)
+        prov.update(features="extracted", grid_step_um=float(grid_um), tissue=how, extraction_mode=mode)
     a.obs["sample"] = a.obs["sample"].astype("category")
     a.uns["stfeat"] = {k: str(v) if not isinstance(v, float) else v for k, v in prov.items()}
     from stfeat.spatial_uns import spatial_uns
@@ -375,20 +364,7 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
     a.uns["spatial"] = spatial_uns(s, coords_px=np.asarray(a.obsm["spatial"]),
                                    spot_diameter_um=float(grid_um) if grid_um is not None else None)
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        order = [int(i) for i in np.argsort(-np.var(P, axis=0), kind="stable")[:MAP_GENES]]
-        step_px, fill, style, files = None, 0, "", {}
-        if plot:  # decided before the h5ad is written, so it records which maps go with it
-            step_px, fill, style = map_step_px(s, np.asarray(a.obsm["spatial"]), grid_um)
-            files = gene_map_paths(out, [genes[i] for i in order]) if step_px is not None else {}
-            a.uns["stfeat"]["map"] = style
-            a.uns["stfeat"]["map_files"] = ", ".join([out.with_suffix(".png").name] + [p.name for p in files.values()])
-        tmp = out.with_name(out.stem + ".tmp.h5ad")
-        a.write_h5ad(tmp)
-        os.replace(tmp, out)
-        if plot:
-            _write_maps(s, np.asarray(a.obsm["spatial"]), P, genes, order, out, step_px, fill, files,
-                        title=f"{s.sample_id}: {model.encoder} / {model.head}"
-                              + (f", grid {grid_um:g} um" if grid_um else ""))
+        write_prediction(a, s, out, grid_um=grid_um, plot=plot, map_spec=map_spec, spatialdata=spatialdata,
+                         title=f"{s.sample_id}: {model.encoder} / {model.head}"
+                               + (f", grid {grid_um:g} um" if grid_um else ""))
     return a

@@ -15,6 +15,7 @@ Space Ranger's scale factors refer to, so a prediction plots over its H&E as it 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -76,10 +77,28 @@ def spatial_uns(sample: Any, *, library_id: str | None = None, spot_diameter_um:
     }
     if sample.slide is not None:
         for key, px in (("hires", hires_px), ("lowres", lowres_px)):
-            rgb, scale = sample.slide.thumbnail(int(px))
-            entry["images"][key] = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)[..., :3])
-            entry["scalefactors"][f"tissue_{key}_scalef"] = float(scale)
+            rgb, scale = _thumbnail(sample.slide, int(px))
+            entry["images"][key] = rgb
+            entry["scalefactors"][f"tissue_{key}_scalef"] = scale
     return {lib: entry}
+
+
+# Thumbnails per open slide: cross-validation builds one prediction AnnData per sample and head, and they
+# share the (read-only) images rather than decoding and holding a copy each.
+_THUMBS: "weakref.WeakKeyDictionary[Any, dict[int, tuple[np.ndarray, float]]]" = weakref.WeakKeyDictionary()
+
+
+def _thumbnail(slide: Any, px: int) -> tuple[np.ndarray, float]:
+    try:
+        per = _THUMBS.setdefault(slide, {})
+    except TypeError:  # not weak-referenceable or not hashable: no cache
+        per = {}
+    if px not in per:
+        rgb, scale = slide.thumbnail(px)
+        img = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)[..., :3])
+        img.flags.writeable = False
+        per[px] = (img, float(scale))
+    return per[px]
 
 
 spot_diameter_um_of = spot_diameter_um  # the keyword argument of spatial_uns shadows the function's name

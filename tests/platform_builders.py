@@ -3,6 +3,10 @@
 - Visium HD (Space Ranger 3/4): ``outs/binned_outputs/square_{002,008,016}um/`` each with
   ``filtered_feature_bc_matrix.h5`` and ``spatial/{tissue_positions.parquet, scalefactors_json.json}``;
   bin barcodes ``s_008um_{row:05d}_{col:05d}-1``; ``outs/spatial/tissue_hires_image.png``.
+- Visium HD cells (Space Ranger 4 segmentation): ``outs/segmented_outputs/`` with
+  ``filtered_feature_cell_matrix.h5`` (barcodes ``cellid_{id:09d}-1``), ``cell_segmentations.geojson`` (a
+  FeatureCollection, one Feature per cell: a Polygon in full-resolution px and ``properties.cell_id`` the
+  integer id) and ``spatial/scalefactors_json.json``.
 - Xenium: ``outs/{experiment.xenium, cells.parquet, cell_feature_matrix.h5}``, a post-Xenium H&E
   ``*_he_image.ome.tif`` and ``*_he_imagealignment.csv`` (3 x 3, H&E px -> morphology px).
 """
@@ -78,6 +82,72 @@ def make_visium_hd(root: Path, *, um_per_px: float = 0.5, bins=(2, 8, 16), exten
         hi.save(outs / "spatial" / "tissue_hires_image.png")
     truth["size"] = (size, size)
     return truth
+
+
+def _l_cell(rng, centre, theta: float, hole: bool, clockwise: bool) -> tuple[list, float]:
+    """An L-shaped cell (two rectangles, px) as GeoJSON Polygon rings, moved so that its area centroid is
+    ``centre`` and rotated about it; an extra vertex on one edge makes its vertex mean differ from that centroid."""
+    a, b = rng.uniform(12, 20), rng.uniform(4, 8)
+    b2, h = rng.uniform(4, a - 4), rng.uniform(6, 12)
+    ext = np.array([[0, 0], [a / 4, 0], [a / 2, 0], [a, 0], [a, b], [b2, b], [b2, b + h], [0, b + h]], float)
+    parts = [(a * b, (a / 2, b / 2)), (b2 * h, (b2 / 2, b + h / 2))]
+    rings = [ext]
+    if hole:  # a rectangular hole inside the first rectangle
+        x0, x1, y0, y1 = a * 0.5, a * 0.8, b * 0.25, b * 0.75
+        rings.append(np.array([[x0, y0], [x0, y1], [x1, y1], [x1, y0]], float))  # clockwise, as RFC 7946 holes
+        parts.append((-(x1 - x0) * (y1 - y0), ((x0 + x1) / 2, (y0 + y1) / 2)))
+    area = sum(w for w, _ in parts)
+    cen = sum(w * np.array(c) for w, c in parts) / area
+    R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    out = []
+    for r in rings:
+        r = (r - cen) @ R.T + np.asarray(centre)
+        r = r[::-1] if clockwise else r
+        out.append(np.vstack([r, r[:1]]).tolist())  # closed, as GeoJSON requires
+    return out, float(area)
+
+
+def add_segmented_outputs(t: dict, *, n_cells: int = 30, n_genes: int = 6, only_in_matrix: int = 0,
+                          only_in_geojson: int = 0, hole: bool = False, scalefactors: bool = True,
+                          microns_per_pixel: bool = True, seed: int = 7) -> dict:
+    """Space Ranger 4 cell segmentation added to a :func:`make_visium_hd` tree (``t``), in ``outs/segmented_outputs/``.
+
+    ``n_cells`` cells have counts and a polygon; ``only_in_matrix`` more have counts only, ``only_in_geojson``
+    more a polygon only. The matrix lists cells in another order than the GeoJSON. ``hole`` gives the first
+    cell a hole. Returns ``t`` with ``t["cells"]``: the barcodes (matrix order) of the cells with both,
+    their true centroids (full-res px, x/y), areas (px^2), counts and genes.
+    """
+    outs = t["outs"]
+    seg = outs / "segmented_outputs"
+    (seg / "spatial").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    um, (w, h) = t["um_per_px"], t["size"]
+    n_poly = n_cells + only_in_geojson
+    centres = rng.uniform(60, min(w, h) - 60, size=(n_poly, 2))
+    ids = np.arange(1, n_poly + only_in_matrix + 1)  # cellid 0 is "no cell" in barcode_mappings.parquet
+    feats, areas = [], []
+    for i in range(n_poly):
+        rings, area = _l_cell(rng, centres[i], float(rng.uniform(0, 2 * np.pi)), hole and i == 0, bool(i % 2))
+        areas.append(area)
+        feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
+                      "properties": {"cell_id": int(ids[i])}})
+    (seg / "cell_segmentations.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    # the matrix: the cells with a polygon (but not the only_in_geojson ones) and the only_in_matrix ones, shuffled
+    in_matrix = np.r_[np.arange(n_cells), np.arange(n_poly, n_poly + only_in_matrix)]
+    in_matrix = in_matrix[rng.permutation(len(in_matrix))]
+    bc = np.array([f"cellid_{ids[i]:09d}-1" for i in in_matrix])
+    genes = [f"GENE{j}" for j in range(n_genes)]
+    X = rng.poisson(2.0, size=(len(bc), n_genes))
+    write_10x_h5(seg / "filtered_feature_cell_matrix.h5", X, bc, genes)
+    if scalefactors:
+        sf = {"tissue_hires_scalef": 0.5, "tissue_lowres_scalef": 0.1, "regist_target_img_scalef": 0.5}
+        if microns_per_pixel:
+            sf["microns_per_pixel"] = um
+        (seg / "spatial" / "scalefactors_json.json").write_text(json.dumps(sf))
+    both = in_matrix < n_cells
+    t["cells"] = {"barcodes": bc[both], "coords": centres[in_matrix[both]], "area_px": np.array(areas)[in_matrix[both]],
+                  "X": X[both], "genes": genes, "geojson": seg / "cell_segmentations.geojson", "seg": seg}
+    return t
 
 
 def make_xenium(root: Path, *, n_cells: int = 60, n_genes: int = 5, pixel_size: float | None = 0.2125,

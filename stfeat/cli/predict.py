@@ -6,7 +6,7 @@ Its parameters are the fields of :class:`stfeat.options.PredictOptions` (checked
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -27,6 +27,7 @@ def predict_cmd(
     sample: Annotated[Path, typer.Argument(help=_h("sample"))],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help=_h("out"))] = None,
     grid_um: Annotated[Optional[float], typer.Option("--grid-um", help=_h("grid_um"))] = None,
+    grid_max_points: Annotated[Optional[int], typer.Option("--grid-max-points", help=_h("grid_max_points"))] = None,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_h("cache_dir"))] = None,
     head: Annotated[Optional[str], typer.Option("--head", help=_h("head"))] = None,
     encoder: Annotated[Optional[str], typer.Option("--encoder", "-e", help=_h("encoder"))] = None,
@@ -34,6 +35,9 @@ def predict_cmd(
     device: Annotated[Optional[str], typer.Option("--device", help=_h("device"))] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=_h("batch_size"))] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help=_h("plot"))] = True,
+    map_genes: Annotated[Optional[List[str]], typer.Option("--map-genes", metavar="K|all|GENE[,GENE...]",
+                                                           help=_h("map_genes"))] = None,
+    spatialdata: Annotated[bool, typer.Option("--spatialdata/--no-spatialdata", help=_h("spatialdata"))] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle/--no-allow-pickle", help=_h("allow_pickle"))] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_h("verbose"))] = False,
 ) -> None:
@@ -49,5 +53,7 @@ def predict_cmd(
     save_resolved_config(ctx, opts.out.parent, options=opts)
     kind = f"{a.n_obs} grid points every {opts.grid_um:g} um" if opts.grid_um else f"{a.n_obs} spots"
     maps = a.uns["stfeat"].get("map_files", "")
+    zarr = a.uns["stfeat"].get("spatialdata", "")
     typer.echo(f"{a.uns['stfeat']['sample_id']}: predicted {a.n_vars} genes at {kind} -> {opts.out}"
-               + (f" (+ maps in {opts.out.parent}: {maps})" if opts.plot and maps else ""))
+               + (f" (+ maps in {opts.out.parent}: {maps})" if opts.plot and maps else "")
+               + (f" (+ SpatialData {opts.out.parent / zarr})" if zarr else ""))

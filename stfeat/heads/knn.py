@@ -9,6 +9,7 @@ import numpy as np
 from stfeat.heads._base import BaseHead, standardize_fit
 
 logger = logging.getLogger(__name__)
+_ADD_ROWS = 1 << 18  # vectors per index.add
 
 
 class KNNHead(BaseHead):
@@ -23,7 +24,8 @@ class KNNHead(BaseHead):
     default; Visium HD gives ~600k bins per slide); beyond it (``index="auto"``) the search is
     approximate: an inverted-file index (``faiss.IndexIVFFlat``, ``nlist`` k-means cells trained with a
     fixed seed on at most 256 spots per cell, ``nprobe`` cells searched per query), moved to the GPU
-    when FAISS sees one. A loaded head rebuilds its index from the stored vectors.
+    when FAISS sees one. A loaded head rebuilds its index from the stored vectors. On lazy features
+    :func:`stfeat.heads._knn_chunks.fit_knn_featureset` fits it from row chunks (same fitted state).
 
     Parameters
     ----------
@@ -87,15 +89,7 @@ class KNNHead(BaseHead):
 
     def fit(self, X, Y) -> "KNNHead":
         """Store standardised training features (n, d) and their expression (n, g)."""
-        if self.metric not in ("cosine", "l2"):
-            raise ValueError(f"metric must be 'cosine' or 'l2'; got {self.metric!r}.")
-        if self.weighting not in ("softmax", "distance", "uniform"):
-            raise ValueError(f"weighting must be 'softmax', 'distance' or 'uniform'; got "
-                             f"{self.weighting!r}.")
-        if int(self.n_neighbors) < 1:
-            raise ValueError(f"n_neighbors must be >= 1; got {self.n_neighbors}.")
-        if self.index not in ("auto", "flat", "ivf"):
-            raise ValueError(f"index must be 'auto', 'flat' or 'ivf'; got {self.index!r}.")
+        self._check_options()
         X, Y = self._check_xy(X, Y)
         self.mean_, self.scale_ = standardize_fit(X)
         self.components_ = self.pca_mean_ = None
@@ -116,6 +110,17 @@ class KNNHead(BaseHead):
         self._get_index()  # built now, so predict never changes the estimator's state
         return self
 
+    def _check_options(self) -> None:
+        if self.metric not in ("cosine", "l2"):
+            raise ValueError(f"metric must be 'cosine' or 'l2'; got {self.metric!r}.")
+        if self.weighting not in ("softmax", "distance", "uniform"):
+            raise ValueError(f"weighting must be 'softmax', 'distance' or 'uniform'; got "
+                             f"{self.weighting!r}.")
+        if int(self.n_neighbors) < 1:
+            raise ValueError(f"n_neighbors must be >= 1; got {self.n_neighbors}.")
+        if self.index not in ("auto", "flat", "ivf"):
+            raise ValueError(f"index must be 'auto', 'flat' or 'ivf'; got {self.index!r}.")
+
     def index_kind(self, n_train: int | None = None) -> str:
         """``"flat"`` (exact) or ``"ivf"`` for ``n_train`` training spots (default: the fitted ones)."""
         n = len(self.index_features_) if n_train is None else int(n_train)
@@ -123,29 +128,43 @@ class KNNHead(BaseHead):
             return "ivf" if n >= int(self.ivf_threshold) else "flat"
         return self.index
 
-    def _get_index(self):
+    def ivf_plan(self, n: int) -> tuple[int, np.ndarray | None]:
+        """IVF cells and the training rows (sorted indices, None = all ``n``) for ``n`` training spots: ``nlist``
+        (default ``4 * sqrt(n)``, at most ``n / 39``) and ``min(n, 256 * nlist)`` rows drawn with seed 0."""
+        nlist = int(self.nlist) if self.nlist else int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
+        m = min(n, 256 * nlist)
+        return nlist, None if m == n else np.sort(np.random.default_rng(0).choice(n, m, replace=False))
+
+    def _new_index(self, n: int, d: int, vectors):
+        """The empty index for ``n`` vectors of dimension ``d`` (IVF: trained on ``vectors(rows)``, the
+        searched vectors of the rows :meth:`ivf_plan` draws; ``rows`` None = all), on the GPU for IVF when FAISS
+        sees one. Shared by :meth:`fit` and the chunked fit (:mod:`stfeat.heads._knn_chunks`)."""
         import faiss
 
+        kind = self.index_kind(n)
+        flat = faiss.IndexFlatIP(d) if self.metric == "cosine" else faiss.IndexFlatL2(d)
+        self._gpu_res = None
+        if kind == "flat":
+            return flat
+        nlist, rows = self.ivf_plan(n)
+        metric = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
+        index = faiss.IndexIVFFlat(flat, d, nlist, metric)
+        index.cp.seed = 0
+        index.train(np.ascontiguousarray(vectors(rows), dtype=np.float32))
+        index.nprobe = max(1, min(int(self.nprobe), nlist))
+        self._quantizer = flat  # the IVF index points into it
+        if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+            self._gpu_res = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+        return index
+
+    def _get_index(self):
         if getattr(self, "_index", None) is None:
             V = self.index_features_
             n, d = V.shape
-            flat = faiss.IndexFlatIP(d) if self.metric == "cosine" else faiss.IndexFlatL2(d)
-            if self.index_kind() == "flat":
-                index = flat
-            else:
-                nlist = int(self.nlist) if self.nlist else int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
-                metric = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
-                index = faiss.IndexIVFFlat(flat, d, nlist, metric)
-                index.cp.seed = 0
-                m = min(n, 256 * nlist)
-                train = V if m == n else V[np.sort(np.random.default_rng(0).choice(n, m, replace=False))]
-                index.train(np.ascontiguousarray(train))
-                index.nprobe = max(1, min(int(self.nprobe), nlist))
-                self._quantizer = flat  # the IVF index points into it
-            if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 and self.index_kind() == "ivf":
-                self._gpu_res = faiss.StandardGpuResources()
-                index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
-            index.add(V)
+            index = self._new_index(n, d, lambda rows: V if rows is None else V[rows])
+            for a in range(0, n, _ADD_ROWS):  # row blocks: bounded transfers to a GPU index
+                index.add(np.ascontiguousarray(V[a:a + _ADD_ROWS]))
             self._index = index
             logger.info("knn: %s index over %d spots%s", self.index_kind(), n,
                         " on the GPU" if getattr(self, "_gpu_res", None) is not None else "")

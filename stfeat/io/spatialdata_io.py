@@ -30,7 +30,7 @@ from stfeat.io.sample import Sample
 log = logging.getLogger(__name__)
 
 FORMAT = "spatialdata"
-_EXTRA_FIX = "install the extra: pip install 'stfeat[spatialdata]' (spatialdata, spatialdata-io)."
+_EXTRA_FIX = 'install the extra: pip install "stfeat[spatialdata]" (spatialdata, spatialdata-io).'
 
 
 def _require():

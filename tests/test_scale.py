@@ -463,3 +463,52 @@ def test_cross_validate_and_fit_knn_on_lazy_features_go_through_chunks(toy, monk
     calls.clear()
     cross_validate(_load(toy, True), neighbor_mean=False, split="block:2", **{**kw, "genes": "hvg:3"})
     assert calls == []  # spot-level folds keep the in-memory path
+
+
+def test_statistics_computed_by_separate_jobs_are_summed(tmp_path, monkeypatch):
+    """Samples' statistics computed in two other processes (a job array) are reused and summed here."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    import stfeat.suffstats_cache as ssc
+    from stfeat.heads.ridge import RidgeCVHead
+
+    import stfeat as st
+    from test_fit_support import write_toy_disk
+
+    manifest = write_toy_disk(tmp_path / "disk", toy_dataset(tmp_path))  # the samples every job reads
+    samples = st.read(manifest)
+    genes = ["G000", "G001", "G002", "G003"]
+    layout = {"kind": "flat", "scales": ["112", "224"], "k_neighbors": 8, "neighbor_mean": False,
+              "standardize": "slide"}
+    ids = [s.sample_id for s in samples]
+    tests = Path(__file__).resolve().parent
+    for part in (ids[:2], ids[2:]):  # two "jobs", each over its own samples
+        code = textwrap.dedent(f"""
+            import sys; sys.path.insert(0, {str(tests)!r})
+            from stfeat.features import FeatureSet
+            import stfeat.suffstats_cache as ssc
+            from test_fit_support import ENCODER
+            import stfeat as st
+            samples = [s for s in st.read({str(manifest)!r}) if s.sample_id in {part!r}]
+            fs = FeatureSet.load(samples, encoder=ENCODER, cache_dir={str(tmp_path)!r}, lazy=True, standardize="slide")
+            ssc.featureset_stats(fs, {part!r}, {genes!r}, "log1p_cp10k", {layout!r})
+        """)
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tests.parent),
+                       env={**__import__("os").environ, "PYTHONPATH": str(tests.parent)})
+    assert len(list(tmp_path.rglob("*.stats-*.npz"))) == len(ids)
+    calls = []
+    real = ssc.sample_stats
+    monkeypatch.setattr(ssc, "sample_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fs = FeatureSet.load(samples, encoder=ENCODER, cache_dir=tmp_path, lazy=True, standardize="slide")
+    stats = ssc.featureset_stats(fs, ids, genes, "log1p_cp10k", layout)
+    assert calls == []  # every sample's statistics came from the jobs
+    got = ssc.fit_ridge(RidgeCVHead(), stats, {s: fs.samples[s].patient for s in ids})
+    X = fs.flat(ids)
+    Y = np.concatenate([fs.targets(s, genes, "log1p_cp10k") for s in ids])
+    ref = RidgeCVHead().fit(X, Y, groups=np.concatenate([[fs.samples[s].patient] * fs.samples[s].n_spots
+                                                         for s in ids]))
+    assert got.alpha_ == ref.alpha_
+    np.testing.assert_allclose(got.predict(X), ref.predict(X), rtol=1e-4, atol=1e-4)

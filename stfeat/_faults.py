@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -23,22 +24,58 @@ _DISK = {errno.ENOSPC: "the disk is full", errno.EFBIG: "a file-size limit (ulim
          errno.EDQUOT: "the disk quota is exhausted", errno.EIO: "an input/output error occurred"}
 
 
-def disk_error(path: str | Path, exc: BaseException) -> ResourceError:
+def disk_error(path: str | Path, exc: BaseException, *, what: str = "the feature cache",
+               fix: str | None = None) -> ResourceError:
+    """A :class:`ResourceError` naming ``path`` (as it will be named once renamed into place), the problem
+    (disk full, file-size limit, I/O error) and ``fix`` (default: rerun extract, which resumes)."""
+    from stfeat._safe_write import public_path
+
     why = _DISK.get(getattr(exc, "errno", None) or -1)
     text = " ".join(str(exc).split())[:300]
     if why is None:
         low = text.lower()
         why = ("the disk is full" if "no space" in low or "errno = 28" in low else "a file-size limit (ulimit -f) "
                "was reached" if "too large" in low or "errno = 27" in low else "the write failed")
-    return ResourceError(path, f"writing the feature cache failed: {why} ({type(exc).__name__}: {text}).",
-                         "free disk space (or raise the file-size limit) and rerun the same `stfeat extract`: "
+    return ResourceError(public_path(path), f"writing {what} failed: {why} ({type(exc).__name__}: {text}).",
+                         fix or "free disk space (or raise the file-size limit) and rerun the same `stfeat extract`: "
                          "the unfinished file resumes from the last batch written.")
 
 
+FIT_FIX = ("free disk space (or raise the file-size limit: `ulimit -f unlimited`) and rerun `stfeat fit`; the output "
+           "folder was left as it was before this run (nothing half-written is kept).")
+
+
+@contextlib.contextmanager
+def named_write_errors(path: str | Path, *, what: str = "an output", fix: str = FIT_FIX,
+                       hdf5: bool = False) -> Iterator[None]:
+    """Turn a write failure (full disk, file-size limit, I/O error; raw from Python, h5py or safetensors)
+    inside the block into :func:`disk_error` naming ``path``; stfeat's own errors and others pass through.
+
+    ``hdf5``: the block writes an HDF5 file (an h5ad) that a library opened and closed itself. HDF5 may crash
+    at exit after a failed write, so the failure is recorded in :data:`ABANDONED` and the CLI exits with
+    ``os._exit`` right after naming the error.
+    """
+    try:
+        yield
+    except StfeatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only write failures are renamed, the rest re-raised as they are
+        if is_write_failure(exc):
+            if hdf5:
+                abandon(_FailedHdf5Write(Path(path)))
+            raise disk_error(path, exc, what=what, fix=fix) from exc
+        raise
+
+
 def is_write_failure(exc: BaseException) -> bool:
-    """An OSError, or h5py's RuntimeError for a failed write/flush/truncate (HDF5 reports those as such)."""
+    """An OSError, h5py's RuntimeError for a failed write/flush/truncate (HDF5 reports those as such), or
+    safetensors' SafetensorError for a failed write (it wraps the OS error in its message)."""
     if isinstance(exc, OSError):
         return True
+    if type(exc).__name__ == "SafetensorError":
+        low = str(exc).lower()
+        return any(w in low for w in ("i/o error", "ioerror", "io error", "os error", "file too large",
+                                      "no space left", "quota"))
     if isinstance(exc, RuntimeError):
         low = str(exc).lower()
         return any(w in low for w in ("write failed", "unable to synchronously flush", "truncate request failed",
@@ -53,6 +90,16 @@ ABANDONED: list[Any] = []
 
 def abandon(f: Any) -> None:
     ABANDONED.append(f)
+
+
+class _FailedHdf5Write:
+    """An HDF5 file that a library (anndata) opened, failed to write and closed itself: nothing to keep open."""
+
+    def __init__(self, path: Path) -> None:
+        self.filename = str(path)
+
+    def close(self) -> None:
+        pass
 
 
 def check_room(path: Path, need_bytes: int, have_bytes: int = 0) -> None:

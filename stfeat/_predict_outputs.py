@@ -11,7 +11,6 @@ default :data:`MAP_GENES`), ``"all"``, or gene names. With ``spatialdata``: ``OU
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -176,9 +175,11 @@ def write_prediction(a: Any, s: Any, out: str | Path, *, grid_um: float | None, 
     zarr = out.with_suffix(".zarr") if spatialdata else None
     if zarr is not None:
         a.uns["stfeat"]["spatialdata"] = zarr.name
-    tmp = out.with_name(out.stem + ".tmp.h5ad")
-    a.write_h5ad(tmp)
-    os.replace(tmp, out)
+    from stfeat._faults import named_write_errors
+    from stfeat._safe_write import atomic_path
+
+    with named_write_errors(out, what="the prediction", hdf5=True), atomic_path(out) as tmp:
+        a.write_h5ad(tmp)  # a fresh temporary name of ours, renamed over OUT: never written through a link
     if zarr is not None:
         from stfeat.io.spatialdata_io import write_spatialdata
 

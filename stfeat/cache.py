@@ -429,7 +429,6 @@ def write_cache(
         if v.ndim != 2 or v.shape[0] != n:
             raise ValueError(f"features for scale {s:g} must be ({n}, d), got {v.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     a = dict(attrs)
     a.setdefault("encoder_tag", encoder_tag(str(a.get("encoder", "encoder"))))
     a.setdefault("config_hash", config_hash({"encoder": a.get("encoder"), "weights_id": a.get("weights_id")}))
@@ -438,7 +437,10 @@ def write_cache(
              dtype=str(feature_dtype(dtype)), created=a.get("created", stamp), completed=stamp, complete=True)
     if feats:
         a.setdefault("embed_dim", int(next(iter(feats.values())).shape[1]))
-    with h5py.File(tmp, "w") as f:
+    from stfeat._safe_write import atomic_path
+
+    # a fresh temporary file of ours (a planted link is never written through), renamed into place once closed
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         create_datasets(f, barcodes=barcodes, coords=coords)
         for s, v in sorted(feats.items()):
             name = add_scale(f, s, n=n, dim=v.shape[1], dtype=dtype)
@@ -459,7 +461,6 @@ def write_cache(
             write_indexes(f)
         write_checksums(f)
         set_attrs(f, a)
-    os.replace(tmp, path)
     return path
 
 

@@ -170,8 +170,8 @@ def cross_validate(features: Any, *, head: Any = "ridge", genes: str = "hvg:50",
         Fit the ``ridge`` head from per-sample sufficient statistics (:mod:`stfeat.suffstats`; one
         streaming pass per sample, cached beside the feature caches) and predict in row chunks: True,
         False, or None = when the features are read lazily (large samples). Same results either way.
-        On lazy features the ``mlp`` head trains from row chunks (:mod:`stfeat.heads._mlp_chunks`), and so does
-        ``attention`` (:mod:`stfeat.heads._attn_chunks`, token chunks).
+        On lazy features the ``mlp`` and ``knn`` heads train from row chunks (:mod:`stfeat.heads._mlp_chunks`,
+        :mod:`stfeat.heads._knn_chunks`), and so does ``attention`` (:mod:`stfeat.heads._attn_chunks`, token chunks).
     """
     from stfeat import __version__
     from stfeat.domains import domain_agreement

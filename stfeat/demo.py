@@ -208,9 +208,10 @@ def _write_summary(result: DemoResult) -> Path:
         "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
         "notes": result.notes,
     }
-    tmp = result.summary_path.with_name(result.summary_path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, result.summary_path)
+    from stfeat._safe_write import write_text
+
+    # a fresh temporary file of ours, renamed into place (a planted link is replaced, never written through)
+    write_text(result.summary_path, json.dumps(doc, indent=1, default=str))
     return result.summary_path
 
 

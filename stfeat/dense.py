@@ -15,6 +15,11 @@ point is served by the tile whose inner region (the tile less half a window on e
 and no window is cut by a tile edge. Only tiles that serve a point are computed; for grids,
 :func:`tissue_points` lays the points over a tissue mask made from the thumbnail.
 
+A point's tissue fraction (``/tissue/{scale}`` in the cache, as crop mode records it) comes from the same
+tile pixels: the background mask of :func:`stfeat.views.background_mask` (near-white or near-black in every
+channel; the white padding past the image edge is background) summed over the window by an integral image,
+bilinear between whole-pixel windows (:func:`_window_tissue`), so it covers the crop's field of view.
+
 ``mode="auto"`` (:func:`resolve_mode`) picks dense when points are closer than
 :data:`AUTO_DENSE_SPACING_UM` (bins, cells) and the encoder exposes a feature map, else crop.
 """
@@ -158,6 +163,32 @@ def _window_means(fmap: "torch.Tensor", k: int, fy: np.ndarray, fx: np.ndarray) 
     return v.T.contiguous().cpu().numpy()
 
 
+def _background_sums(tile: np.ndarray) -> np.ndarray:
+    """Integral image (T+1, T+1) int64 of the tile's background mask (:func:`stfeat.views.background_mask`)."""
+    from stfeat.views import background_mask
+
+    bg = background_mask(tile).astype(np.int64)
+    ii = np.zeros((bg.shape[0] + 1, bg.shape[1] + 1), np.int64)
+    np.cumsum(np.cumsum(bg, 0), 1, out=ii[1:, 1:])
+    return ii
+
+
+def _window_tissue(ii: np.ndarray, p: int, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
+    """Tissue fraction of the p x p pixel window with fractional top-left (fy, fx), from the integral image
+    ``ii`` of the background mask: the whole-pixel windows' background counts, bilinear (the exact area-weighted
+    count of the fractional window). Returns (n,) float32 in [0, 1]."""
+    box = ii[p:, p:] - ii[:-p, p:] - ii[p:, :-p] + ii[:-p, :-p]  # box[i, j]: window with top-left (i, j)
+    H, W = box.shape
+    fy = np.clip(np.asarray(fy, np.float64), 0, H - 1)
+    fx = np.clip(np.asarray(fx, np.float64), 0, W - 1)
+    y0, x0 = np.floor(fy).astype(np.int64), np.floor(fx).astype(np.int64)
+    y1, x1 = np.minimum(y0 + 1, H - 1), np.minimum(x0 + 1, W - 1)
+    wy, wx = fy - y0, fx - x0
+    bg = (box[y0, x0] * (1 - wy) * (1 - wx) + box[y0, x1] * (1 - wy) * wx
+          + box[y1, x0] * wy * (1 - wx) + box[y1, x1] * wy * wx)
+    return np.clip(1.0 - bg / float(p * p), 0.0, 1.0).astype(np.float32)
+
+
 # ---------------------------------------------------------------- tiles
 @dataclass
 class TilePlan:
@@ -213,10 +244,13 @@ class DenseStats:
 
 
 def iter_dense(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", scale_um: float, um_per_px: float,
-               tile_px: int | None = None, tiles_per_batch: int = 1, prefetch: int = 2, stats: DenseStats | None = None):
-    """Yield ``(point indices, features float32 (m, d), padded bool (m,))`` tile by tile for one scale.
+               tile_px: int | None = None, tiles_per_batch: int = 1, prefetch: int = 2, stats: DenseStats | None = None,
+               tissue: bool = False):
+    """Yield ``(point indices, features float32 (m, d), padded bool (m,))`` tile by tile for one scale, with
+    ``tissue=True`` also each point's tissue fraction float32 (m,) over its window (the crop's field of view).
 
-    Tiles are read in a background thread (``prefetch`` ahead) while the encoder runs.
+    Tiles are read (and their background masks summed) in a background thread (``prefetch`` ahead) while the
+    encoder runs.
     """
     import torch
 
@@ -240,13 +274,17 @@ def iter_dense(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", scale_
     def read(i: int) -> np.ndarray:
         return slide.read_region(plan.centres[i], T * plan.q * um_per_px, T, um_per_px=um_per_px)[0]
 
+    def read_batch(b: list[int]) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        tiles = np.stack([read(i) for i in b])
+        return tiles, ([_background_sums(t) for t in tiles] if tissue else None)
+
     batches = [list(range(a, min(plan.n_tiles, a + tiles_per_batch))) for a in range(0, plan.n_tiles, tiles_per_batch)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stfeat-tiles") as pool:
-        futs = [pool.submit(lambda b=b: np.stack([read(i) for i in b])) for b in batches[:prefetch]]
+        futs = [pool.submit(read_batch, b) for b in batches[:prefetch]]
         for bi, b in enumerate(batches):
-            tiles = futs[bi].result()
+            tiles, sums = futs[bi].result()
             if bi + prefetch < len(batches):
-                futs.append(pool.submit(lambda b=batches[bi + prefetch]: np.stack([read(i) for i in b])))
+                futs.append(pool.submit(read_batch, batches[bi + prefetch]))
             futs[bi] = None  # type: ignore[call-overload]
             fmap, cls = _forward_map(encoder, mm, torch.from_numpy(tiles))
             for j, ti in enumerate(b):
@@ -257,14 +295,20 @@ def iter_dense(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", scale_
                 feats = _window_means(fmap[j], k, fy, fx)
                 if cls is not None:
                     feats = np.concatenate([np.repeat(cls[j][None].cpu().numpy(), len(idx), 0), feats], axis=1)
-                yield idx, feats, pad_all[idx]
+                if sums is None:
+                    yield idx, feats, pad_all[idx]
+                else:  # the window's pixels: top-left at u - P/2, as the features' cells
+                    yield idx, feats, pad_all[idx], _window_tissue(sums[j], P, u[:, 1] - P / 2, u[:, 0] - P / 2)
 
 
 def dense_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", scales_um: Sequence[float],
                    um_per_px: float, tile_px: int | None = None, tiles_per_batch: int = 1,
-                   stats: DenseStats | None = None, dtype: Any = np.float32,
+                   stats: DenseStats | None = None, dtype: Any = np.float32, tissue: dict | None = None,
                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Dense features at arbitrary points: scale name -> (n, d) features and (n,) padded flags."""
+    """Dense features at arbitrary points: scale name -> (n, d) features and (n,) padded flags.
+
+    ``tissue``: a dict to fill with scale name -> (n,) float32 tissue fraction of each point's window (the
+    crop's field of view; what crop mode stores in ``/tissue/{scale}``); None = not computed."""
     from stfeat.cache import scale_name
 
     t0 = time.perf_counter()
@@ -276,13 +320,19 @@ def dense_features(slide: Any, centres_px: np.ndarray, *, encoder: "Encoder", sc
         name = scale_name(s)
         F = np.zeros((n, encoder.embed_dim), dtype=dtype)
         Pd = np.zeros(n, bool)
-        for idx, f, p in iter_dense(slide, centres, encoder=encoder, scale_um=float(s), um_per_px=um_per_px,
-                                    tile_px=tile_px, tiles_per_batch=tiles_per_batch, stats=stats):
+        Tf = np.full(n, np.nan, np.float32)
+        for idx, f, p, *t in iter_dense(slide, centres, encoder=encoder, scale_um=float(s), um_per_px=um_per_px,
+                                        tile_px=tile_px, tiles_per_batch=tiles_per_batch, stats=stats,
+                                        tissue=tissue is not None):
             if f.shape[1] != encoder.embed_dim:
                 raise RuntimeError(f"dense features of {encoder.spec.name!r} have {f.shape[1]} dims, the encoder "
                                    f"{encoder.embed_dim}")
             F[idx], Pd[idx] = f, p
+            if t:
+                Tf[idx] = t[0]
         feats[name], pads[name] = F, Pd
+        if tissue is not None:
+            tissue[name] = Tf
     if stats is not None:
         stats.seconds += time.perf_counter() - t0
     return feats, pads
@@ -380,9 +430,9 @@ def write_dense(f: Any, slide: Any, coords: np.ndarray, scales_um: Sequence[floa
                 um_per_px: float, dtype: Any, tile_px: int | None = None, callback: Any = None, sample_id: str = "", block_rows: int = 8192) -> tuple[int, DenseStats]:
     """Compute the missing rows of ``scales_um`` densely and write them into an open cache file.
 
-    A scale is written in row blocks, each flagged done after its features, like crop mode; an
-    interrupted scale is recomputed from its tiles (a tile serves many rows, so resuming row by row
-    would not save forwards).
+    A scale is written in row blocks (features, padded flags and tissue fractions), each flagged done after
+    them, like crop mode; an interrupted scale is recomputed from its tiles (a tile serves many rows, so
+    resuming row by row would not save forwards).
     """
     from stfeat import cache as C
 
@@ -395,19 +445,23 @@ def write_dense(f: Any, slide: Any, coords: np.ndarray, scales_um: Sequence[floa
         if todo.size == 0:
             continue
         t0 = time.perf_counter()
+        tissue: dict[str, np.ndarray] = {}  # features in the stored dtype: half the memory
         feats, pads = dense_features(slide, coords[todo], encoder=encoder, scales_um=[s], um_per_px=um_per_px,
-                                     tile_px=tile_px, stats=stats, dtype=dtype)  # stored dtype: half the memory
-        F, Pd = feats[name], pads[name]
+                                     tile_px=tile_px, stats=stats, dtype=dtype, tissue=tissue)
+        F, Pd, Tf = feats[name], pads[name], tissue[name].astype(np.float16)
+        tset = C.require_tissue(f, name, len(coords))
         for a in range(0, todo.size, block_rows):
             rows = todo[a:a + block_rows]
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             if hi - lo == rows.size:  # contiguous rows: one slice write
                 f["features"][name][lo:hi] = F[a:a + rows.size]
                 f["padded"][name][lo:hi] = Pd[a:a + rows.size]
+                tset[lo:hi] = Tf[a:a + rows.size]
                 f["done"][name][lo:hi] = True
             else:
                 f["features"][name][rows] = F[a:a + rows.size]
                 f["padded"][name][rows] = Pd[a:a + rows.size]
+                tset[rows] = Tf[a:a + rows.size]
                 f["done"][name][rows] = True
             f.flush()
         n_computed = max(n_computed, int(todo.size))

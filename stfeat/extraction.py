@@ -119,7 +119,8 @@ def _extract_one(ref: Any, sample: Any, final: Path, plan: _Plan, *, enc: "Encod
     part = C.partial_path(final)
     if sample.slide is None:
         raise InputError(getattr(ref, "path", None), f"sample {sample.sample_id} has no H&E image.",
-                         "give the image path (e.g. image=... in the manifest).")
+                         "give the image path: --image PATH (image=) for one sample, or an `image` column in "
+                         "the manifest.")
     um = float(um_override if um_override is not None else sample.um_per_px)
     coords = np.asarray(sample.coords, dtype=np.float64)
     barcodes = np.asarray(sample.barcodes, dtype=str)
@@ -292,6 +293,7 @@ def extract_caches(
     shard: str | tuple[int, int] | None = None,
     dtype: str = "float16",
     um_per_px: float | None = None,
+    image: str | Path | None = None,
     pretrained: bool = True,
     progress: bool = False,
     on_sample: Callable[[SampleResult], None] | None = None,
@@ -338,6 +340,10 @@ def extract_caches(
         "float16" (default) or "float32" storage.
     um_per_px
         Override the samples' micrometres per pixel.
+    image
+        The H&E image of the ONE sample ``samples`` holds (an ``.h5ad``, Space Ranger ``outs/`` ...), overriding
+        the one found (``--image``); an :class:`InputError` when ``samples`` holds several (give them a
+        manifest's ``image`` column) or the file does not exist (see :func:`stfeat.io.with_image`).
     pretrained
         False: random weights (seeded; benchmarks).
     progress
@@ -385,7 +391,7 @@ def extract_caches(
     root = Path(cache_dir if cache_dir is not None else os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
     from stfeat.io import as_samples
 
-    refs = as_samples(samples, lazy=True, um_per_px=um_per_px)
+    refs = as_samples(samples, lazy=True, um_per_px=um_per_px, image=image)
     rank, world = parse_shard(shard)
     refs = refs[rank::world]
     from stfeat.views import extraction_identity
@@ -453,12 +459,13 @@ def extract_caches(
 
 
 def extract(samples: Any, *, encoder: "str | Encoder", cache_dir: str | Path | None = None,
-            scales_um: Sequence[float] = DEFAULT_SCALES_UM, **kwargs: Any):
+            scales_um: Sequence[float] = DEFAULT_SCALES_UM, image: str | Path | None = None, **kwargs: Any):
     """Extract (or reuse) the cached features of ``samples`` and return them as a FeatureSet.
 
     ``st.extract(st.read("runs/"), encoder="uni", scales_um=(112, 224, 448), cache_dir="cache")``. The keyword
     arguments are those of :func:`extract_caches`; finished cache files are reused, interrupted ones resumed.
-    With a shard (or under torchrun) the FeatureSet holds this rank's samples.
+    With a shard (or under torchrun) the FeatureSet holds this rank's samples. ``image`` is the H&E of the one
+    sample ``samples`` names (``st.extract("s1.h5ad", image="s1_he.tif", encoder=...)``), as ``--image``.
 
     Returns
     -------
@@ -469,7 +476,7 @@ def extract(samples: Any, *, encoder: "str | Encoder", cache_dir: str | Path | N
     from stfeat.io import as_samples
 
     root = Path(cache_dir if cache_dir is not None else os.environ.get(K.ENV_CACHE_DIR, "stfeat_cache"))
-    loaded = as_samples(samples, um_per_px=kwargs.get("um_per_px"))
+    loaded = as_samples(samples, um_per_px=kwargs.get("um_per_px"), image=image)
     paths = extract_caches(loaded, encoder=encoder, cache_dir=root, scales_um=scales_um, **kwargs)
     from stfeat.views import VIEW_OPTIONS, extraction_identity
 

@@ -120,7 +120,8 @@ def fit(features: Any, *, head: Any = "ridge", genes: str = "hvg:50", transform:
                  train_samples=list(ids), split=split_mode, seed=seed, notes=notes)
 
 
-def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | Path, head: Any = ("ridge",),
+def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | Path, image: str | Path | None = None,
+               head: Any = ("ridge",),
                head_params: dict[str, dict] | None = None, scales_um: Sequence[float | str] | None = None,
                genes: str = "hvg:50", transform: str = "log1p_cp10k", split: str = "auto", k_neighbors: int = 8,
                neighbor_mean: bool = False, neighbor_scale: float | str | None = None,
@@ -146,7 +147,7 @@ def fit_report(samples: Any, *, encoder: str | Sequence[str], cache_dir: str | P
         raise ValueError("give at least one encoder and one head")
     head_params = dict(head_params or {})
     check_standardize(standardize)
-    loaded = as_samples(samples)
+    loaded = as_samples(samples, image=image)  # image: the one sample's H&E, as at extract (--image)
     # Load every cache before fitting anything: a missing one fails fast with the command to run.
     fsets = {}
     for enc in encoders:

@@ -8,7 +8,7 @@
     head.skops     or: a foreign scikit-learn estimator, through skops (only trusted types load)
 
 Model folders are what labs share, so loading never unpickles: a legacy ``head.joblib`` is refused unless
-the caller passes ``allow_pickle=True`` (CLI ``--trust-pickled-model``), and skops files load only when every
+the caller passes ``allow_pickle=True`` (CLI ``stfeat predict --allow-pickle``), and skops files load only when every
 type in them is one skops trusts (scikit-learn, numpy, scipy).
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ MODEL_FORMAT = "stfeat-model"
 MODEL_FORMAT_VERSION = 1
 PICKLE_WARNING = ("unpickling runs arbitrary code from the file: a crafted head.joblib can execute commands as "
                   "you. Only load pickled models you made yourself")
+SAVE_FIX = ("free disk space (or raise the file-size limit: `ulimit -f unlimited`) and save the model again (rerun "
+            "`stfeat fit`); a model folder already there was left as it was (nothing half-written is kept).")
 
 
 def _json_default(o: Any):
@@ -103,33 +104,35 @@ class Model:
         }
 
     def save(self, path: str | Path, *, head: bool = True) -> Path:
-        """Write the model folder atomically (a temporary folder renamed into place).
+        """Write the model folder atomically (a fresh temporary folder of ours, renamed into place).
 
         Raises :class:`UnsafeEstimatorError` for an estimator that cannot be saved without pickle (a custom
         class); ``head=False`` writes only ``model.json`` (genes, layout, provenance), marked unusable.
+        A full disk or a file-size limit is a :class:`~stfeat.errors.ResourceError` naming the file; the
+        temporary folder is removed and a model folder already at ``path`` is left as it was.
         """
+        from stfeat._faults import named_write_errors
+        from stfeat._safe_write import atomic_path
         from stfeat.heads import save_head
         from stfeat.heads._base import BaseHead
 
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         manifest = self.manifest()
-        if not head:
-            manifest["head_format"] = "none"
-        elif isinstance(self.estimator, BaseHead):
-            save_head(self.estimator, tmp / "head")
-            manifest["head_format"] = "stfeat-head"
-        else:
-            _save_skops(self.estimator, tmp / "head.skops")
-            manifest["head_format"] = "skops"
-        (tmp / "model.json").write_text(json.dumps(manifest, indent=2, default=_json_default))
-        if path.exists():
-            if (path / "folds").is_dir():  # per-fold models saved earlier stay with the final model
-                os.replace(path / "folds", tmp / "folds")
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with named_write_errors(path, what="the model folder", fix=SAVE_FIX), atomic_path(path, folder=True) as tmp:
+            if not head:
+                manifest["head_format"] = "none"
+            elif isinstance(self.estimator, BaseHead):
+                save_head(self.estimator, tmp / "head")
+                manifest["head_format"] = "stfeat-head"
+            else:
+                with named_write_errors(tmp / "head.skops", what="the model's head", fix=SAVE_FIX):
+                    _save_skops(self.estimator, tmp / "head.skops")
+                manifest["head_format"] = "skops"
+            with named_write_errors(tmp / "model.json", what="the model manifest", fix=SAVE_FIX):
+                (tmp / "model.json").write_text(json.dumps(manifest, indent=2, default=_json_default))
+            folds = path / "folds"
+            if not path.is_symlink() and folds.is_dir() and not folds.is_symlink():
+                os.replace(folds, tmp / "folds")  # per-fold models saved earlier stay with the final model
         self.path = path
         return path
 
@@ -137,7 +140,8 @@ class Model:
     def load(cls, path: str | Path, head: str | None = None, *, allow_pickle: bool = False) -> "Model":
         """Read a model folder (or pick ``head`` among the ``models/*`` of a ``stfeat fit`` output).
 
-        ``allow_pickle=True`` is needed for legacy ``head.joblib`` files; see :data:`PICKLE_WARNING`.
+        ``allow_pickle=True`` (CLI ``stfeat predict --allow-pickle``) is needed for legacy ``head.joblib`` files;
+        see :data:`PICKLE_WARNING`.
         """
         d = find_model_dir(path, head)
         mfile = d / "model.json"
@@ -168,7 +172,7 @@ class Model:
             if not allow_pickle:
                 raise InputError(f, "is a pickled estimator, and loading it would run any code it contains.",
                                  "load it only if you made it yourself: pass allow_pickle=True (CLI "
-                                 "--trust-pickled-model), or refit the model with this stfeat (no pickle).")
+                                 "--allow-pickle), or refit the model with this stfeat (no pickle).")
             import joblib
 
             log.warning("%s: %s", f, PICKLE_WARNING)

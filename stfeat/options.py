@@ -74,6 +74,9 @@ class ExtractOptions:
     dtype: str = _opt("float16", "Storage precision of the features.", choices=DTYPES)
     um_per_px: Optional[float] = _opt(None, "Micrometres per full-resolution pixel, overriding the samples' own.",
                                       min="positive")
+    image: Optional[Path] = _opt(None, "H&E image of the one sample given (an .h5ad, Space Ranger outs/, ...), "
+                                 "overriding the one found; several samples: a manifest's image column.",
+                                 path=True, exists=True)
     pretrained: bool = _opt(True, "Pretrained weights; --no-pretrained gives random (seeded) ones, for "
                             "benchmarks only.")
     mode: str = _opt("auto", "crop: one forward per spot and field of view; dense: one per tissue tile, features "
@@ -106,6 +109,9 @@ class FitOptions:
     encoder: list[str] = _opt(help="Encoder name(s) of the caches (several give one comparison table).")
     cache_dir: Optional[Path] = _opt(None, f"Cache root of `stfeat extract`; default ${K.ENV_CACHE_DIR} or "
                                      "./stfeat_cache.", path=True)
+    image: Optional[Path] = _opt(None, "H&E image of the one sample given, as given to `stfeat extract --image` "
+                                 "(spots outside it are dropped); several samples: a manifest's image column.",
+                                 path=True, exists=True)
     head: list[str] = _opt(["ridge"], "Head(s): ridge (default: best across patients, docs/results.md), hest-ridge, "
                            "lgbm, mlp, attention, ensemble, knn, ...")
     head_params: Optional[dict] = _opt(None, "Per head, its parameters: a mapping in YAML, JSON (or a JSON file) "
@@ -163,6 +169,9 @@ class PredictOptions:
                              'install "stfeat[spatialdata]".')
     allow_pickle: bool = _opt(False, "Load a head saved with pickle (a custom estimator): only for models you "
                               "trust.")
+    image: Optional[Path] = _opt(None, "H&E image of the sample, overriding the one found (an .h5ad or Space "
+                                 "Ranger outs/ without its full-resolution image).", path=True, exists=True,
+                                 shared=False)
     verbose: bool = _opt(False, "Debug logging, and tracebacks of internal errors.", cli_only=True)
 
 
@@ -388,31 +397,24 @@ def _check(cls: type, name: str, value: Any) -> None:
         check(name, value)
 
 
-def _check_shard(name: str, text: str) -> None:
-    from stfeat._plan import parse_shard  # the one parser of "i/n"
+def _parsed_by(module: str, attr: str):
+    """A check that runs the library's own parser of an option (one parser per option) and names the option."""
+    def check(name: str, text: Any) -> None:
+        import importlib
 
-    try:
-        parse_shard(text)
-    except InputError as exc:
-        raise OptionError(name, exc.problem, exc.fix) from None
-
-
-def _check_split(name: str, text: str) -> None:
-    from stfeat.evaluate import parse_split
-
-    try:
-        parse_split(text)
-    except InputError as exc:
-        raise OptionError(name, exc.problem, exc.fix) from None
+        fn: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+        try:
+            fn(text)
+        except InputError as exc:
+            raise OptionError(name, exc.problem, exc.fix) from None
+    return check
 
 
-def _check_genes(name: str, text: str) -> None:
-    from stfeat.targets import GeneRule
-
-    try:
-        GeneRule.parse(text)
-    except InputError as exc:
-        raise OptionError(name, exc.problem, exc.fix) from None
+_check_shard = _parsed_by("stfeat._plan", "parse_shard")  # "i/n"
+_check_split = _parsed_by("stfeat.evaluate", "parse_split")
+_check_genes = _parsed_by("stfeat.targets", "GeneRule.parse")
 
 
 def _check_heads(name: str, heads: list[str]) -> None:

@@ -119,10 +119,10 @@ from stfeat._predict_outputs import MAP_GENES, gene_map_paths, map_step_px  # no
 
 
 # ------------------------------------------------------------------------------------------ predict
-def _one_sample(sample: Any):
+def _one_sample(sample: Any, image: Any = None):
     from stfeat.io import as_samples
 
-    items = as_samples(sample)
+    items = as_samples(sample, image=image)  # image: --image, the sample's H&E (stfeat.io.with_image)
     if len(items) != 1:
         raise InputError(sample if isinstance(sample, (str, os.PathLike)) else None,
                          f"holds {len(items)} samples ({[s.sample_id for s in items][:8]}).",
@@ -266,7 +266,7 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
             grid_max_points: int | None = None, cache_dir: str | Path | None = None, head: str | None = None,
             encoder: Any = None, weights: str | Path | None = None, device: str | None = None,
             batch_size: int | None = None, plot: bool = True, map_genes: Any = None, spatialdata: bool = False,
-            allow_pickle: bool = False):
+            allow_pickle: bool = False, image: str | Path | None = None):
     """Predict expression for a sample's spots, or on a dense grid over its tissue.
 
     Parameters
@@ -302,6 +302,8 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
         ``pip install "stfeat[spatialdata]"``).
     allow_pickle
         Allow a legacy pickled head (runs code from the file; only for models you made).
+    image
+        The sample's H&E image, overriding the one found (``--image``; :func:`stfeat.io.with_image`).
 
     Returns
     -------
@@ -323,7 +325,7 @@ def predict(model: Any, sample: Any, *, out: str | Path | None = None, grid_um: 
         require_spatialdata(out)  # before any extraction
     if not isinstance(model, Model):
         model = Model.load(model, head, allow_pickle=allow_pickle)
-    s = _one_sample(sample)
+    s = _one_sample(sample, image)
     genes = list(model.genes)
     map_spec = parse_map_genes(map_genes, genes)  # a misspelt gene fails before any extraction
     prov = {"model_dir": str(model.path or ""), "encoder": model.encoder, "head": model.head,

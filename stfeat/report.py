@@ -18,16 +18,16 @@ Into ``out_dir``::
     models/{encoder}__{head}/            final model (stfeat.Model); folds/ with save_fold_models
     plots/{encoder}__{head}/             r distribution, measured vs predicted maps (best/worst genes)
 
-The folder is written under a temporary name and swapped in whole, so an interrupted run never leaves new
-models beside old metrics (or the reverse).
+The folder is written under a fresh temporary name of ours (:func:`stfeat._safe_write.atomic_path`) and
+swapped in whole, so an interrupted (even ``kill -9``) run never leaves new models beside old metrics (or the
+reverse); a full disk or a file-size limit is a :class:`~stfeat.errors.ResourceError` naming the file, and the
+temporary folder is removed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +148,8 @@ def evaluation_lines(ev: dict) -> list[str]:
     return out
 
 
-def _prepare(out_dir: Path) -> Path:
-    """A fresh temporary folder beside ``out_dir``; refuses to replace a folder that is not a fit output."""
+def _prepare(out_dir: Path) -> None:
+    """Refuse to replace ``out_dir`` when it is a link, a file or a folder that is not a fit output."""
     if out_dir.is_symlink():
         raise InputError(out_dir, "is a symbolic link; stfeat does not write outputs through links.",
                          "give a real folder as --out-dir.")
@@ -160,19 +160,14 @@ def _prepare(out_dir: Path) -> Path:
         if foreign:
             raise InputError(out_dir, f"holds files that are not a `stfeat fit` output ({foreign[:5]}), which "
                              "writing the results would replace.", "give an empty or new --out-dir.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+def _write_text(tmp: Path, name: str, text: str) -> None:
+    """One text output inside the temporary output folder; a write failure names the file (as out_dir/name)."""
+    from stfeat._faults import named_write_errors
+
+    with named_write_errors(tmp / name, what=f"the fit output {name}"):
+        (tmp / name).write_text(text)
 
 
 def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, save_fold_models: bool = False,
@@ -226,22 +221,28 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
         "comparison": json.loads(comp_df.to_json(orient="records")),
         "evaluation": evaluation_extras(cvs, best),
     }
-    tmp = _prepare(out_dir)
-    try:
-        (tmp / "metrics.csv").write_text(metrics_df.to_csv(index=False))
-        (tmp / "per_gene.csv").write_text(per_gene.to_csv(index=False))
-        (tmp / "comparison.csv").write_text(comp_df.to_csv(index=False))
+    from stfeat._faults import named_write_errors
+    from stfeat._safe_write import atomic_path
+
+    _prepare(out_dir)
+    # A fresh temporary folder of ours beside out_dir, swapped in whole when everything is written and removed
+    # on any error (a full disk is a ResourceError naming the file): out_dir is never a mix of two runs.
+    with named_write_errors(out_dir, what="the fit output folder"), atomic_path(out_dir, folder=True) as tmp:
+        _write_text(tmp, "metrics.csv", metrics_df.to_csv(index=False))
+        _write_text(tmp, "per_gene.csv", per_gene.to_csv(index=False))
+        _write_text(tmp, "comparison.csv", comp_df.to_csv(index=False))
         pred_df, dom_df = _tagged(cvs, "predictability"), _tagged(cvs, "domains")
         if len(pred_df):
             from stfeat.predictability import write_gene_list
 
-            (tmp / "predictability.csv").write_text(pred_df.to_csv(index=False))
+            _write_text(tmp, "predictability.csv", pred_df.to_csv(index=False))
             bp = best.predictability
-            write_gene_list(tmp / "predictable_genes.txt", bp.loc[bp["predictable"], "gene"].tolist(),
-                            header=f"genes with a held-out r whose 95% bootstrap interval lies above 0\n"
-                                   f"model {best.tag}, split {plan.mode}; use with --genes file:PATH")
+            with named_write_errors(tmp / "predictable_genes.txt", what="the fit output predictable_genes.txt"):
+                write_gene_list(tmp / "predictable_genes.txt", bp.loc[bp["predictable"], "gene"].tolist(),
+                                header=f"genes with a held-out r whose 95% bootstrap interval lies above 0\n"
+                                       f"model {best.tag}, split {plan.mode}; use with --genes file:PATH")
         if len(dom_df):
-            (tmp / "domains.csv").write_text(dom_df.to_csv(index=False))
+            _write_text(tmp, "domains.csv", dom_df.to_csv(index=False))
         model_dirs = {}
         for tag, model in models.items():
             model_dirs[tag] = out_dir / "models" / tag
@@ -263,14 +264,11 @@ def write_report(out_dir: str | Path, cvs: dict, models: dict, fsets: dict, *, s
                           cache_dir=model.cache_dir, train_samples=list(fold.train), split=plan.mode, seed=seed,
                           notes=list(plan.notes)).save(tmp / "models" / tag / "folds" / fold.name)
         # after the models: a model saved without its head adds a note
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+        _write_text(tmp, "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
         write_predictions(tmp / "predictions", cvs, fsets)
         if plots:
-            write_plots(tmp / "plots", cvs)
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            with named_write_errors(tmp / "plots", what="the plots"):
+                write_plots(tmp / "plots", cvs)
     log.info("comparison (mean Pearson r per held-out sample; mean over folds):\n%s",
              comp_df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return FitResult(out_dir=out_dir, metrics=metrics, comparison=comp_df, per_gene=per_gene, cv=dict(cvs),
@@ -325,7 +323,17 @@ def write_predictions(pred_dir: Path, cvs: dict, fsets: dict) -> None:
         prov = {k: cv.provenance[k] for k in ("gene_rule", "transform", "split", "stfeat_version")}
         a.uns["stfeat"] = {"encoder": cv.encoder, "head": cv.head, "notes": list(cv.plan.notes),
                            **{k: str(v) for k, v in prov.items()}}
-        a.write_h5ad(pred_dir / f"{tag}.h5ad")
+        # scverse's spatial convention, one library per sample (sc.pl.spatial(a[a.obs["sample"] == s],
+        # library_id=s)): the H&E and scale factors each sample's in-memory prediction carries
+        spatial = {sid: p.uns["spatial"][sid] for sid, p in (cv.predictions or {}).items()
+                   if "spatial" in p.uns and sid in p.uns["spatial"]}
+        if spatial:
+            a.uns["spatial"] = spatial
+        from stfeat._faults import named_write_errors
+
+        # inside the fit's temporary output folder (ours, swapped in whole): a failure leaves no output behind
+        with named_write_errors(pred_dir / f"{tag}.h5ad", what="the held-out predictions", hdf5=True):
+            a.write_h5ad(pred_dir / f"{tag}.h5ad")
 
 
 def write_plots(plot_dir: Path, cvs: dict, n_genes: int = 3) -> None:

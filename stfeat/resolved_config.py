@@ -104,11 +104,12 @@ def save_resolved_config(ctx: Any, out_dir: str | Path, *, options: Any = None, 
 def _keep_other_commands(path: Path, doc: dict, name: str) -> None:
     """Two commands writing into one folder (fit's out_dir and a prediction saved in it) both stay
     in its ``resolved_config.yaml``: the sections of the other commands are kept."""
-    import yaml
+    from stfeat._yaml import load_yaml
+    from stfeat.errors import InputError
 
-    try:
-        old = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
+    try:  # safe_load behind the nesting-depth guard (a deeply nested file would end in a RecursionError)
+        old = load_yaml(path, what="resolved config") if path.is_file() else None
+    except InputError:  # unreadable, not YAML or nested too deeply: replaced by the new file
         return
     if not isinstance(old, dict) or "stfeat_version" not in old:
         return

@@ -149,7 +149,7 @@ def test_malicious_pickled_model_runs_nothing(toy, tmp_path):
     (d / "head.joblib").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(InputError) as exc:
         st.Model.load(d)
-    assert "head.joblib" in str(exc.value) and "--trust-pickled-model" in str(exc.value)
+    assert "head.joblib" in str(exc.value) and "--allow-pickle" in str(exc.value)
     assert not sentinel.exists()
     with pytest.raises(InputError):
         st.predict(d, toy_sample("Q1", "Q", n_side=3)[0])

@@ -190,3 +190,65 @@ def test_cli_extract_mode_dense_on_visium_hd(tmp_path):
     with h5py.File(tmp_path / "c" / "resnet50-trunc" / "HD1.h5", "r") as f:
         assert f.attrs["extraction_mode"] == "dense" and f.attrs["extraction_mode_reason"] == "requested"
         assert int(f.attrs["dense_forwards"]) == 1 and f["done/64"][...].all()
+
+
+def _bordered_image() -> np.ndarray:
+    """Tissue with a black scan background on the left, white glass on top and a white patch inside."""
+    img = tissue_image(900, 800, seed=3)
+    img[:, :150] = 0
+    img[:120] = 245
+    img[600:, 500:] = 255
+    return img
+
+
+def test_dense_tissue_fraction_equals_the_crops(tmp_path):
+    """The tissue fraction of a point's window from the tile pixels is the crop's (views.background_mask)."""
+    from stfeat.slide import open_slide
+    from stfeat.views import background_mask
+
+    slide = open_slide(save_image(tmp_path / "t.png", _bordered_image()), um_per_px=0.5)
+    rng = np.random.default_rng(2)
+    # random points, points on the black and white borders, and windows running past the image edge (white)
+    pts = np.r_[rng.uniform(20, 880, size=(150, 2)), [[150, 400], [160, 130], [140, 500], [10, 10], [895, 795],
+                                                      [500, 600], [450, 119]]]
+    for s in (32.0, 64.0):
+        tissue: dict = {}
+        D.dense_features(slide, pts, encoder=_patch_encoder(), scales_um=[s], um_per_px=0.5, tissue=tissue)
+        crops, _ = slide.read_regions(pts, s, 64, um_per_px=0.5)
+        want = 1.0 - background_mask(crops).mean(axis=(1, 2))
+        got = tissue[f"{s:g}"]
+        assert got.shape == (len(pts),) and np.isfinite(got).all()
+        assert ((want > 0.05) & (want < 0.95)).sum() > 20  # many windows straddle a border
+        err = np.abs(got - want)
+        assert err.max() < 0.04 and err.mean() < 0.01, (err.max(), err.mean())  # only the resampling differs
+        border = np.abs(pts[:, 0] - 150) < 20
+        assert np.abs(got[border] - want[border]).max() < 0.04 and (want[border] < 0.95).all()
+        assert got[-4] == pytest.approx(want[-4], abs=0.04) and got[-4] < 0.7  # a corner past the edge: white
+    # without the dict nothing extra is computed or returned
+    feats, pads = D.dense_features(slide, pts[:3], encoder=_patch_encoder(), scales_um=[32.0], um_per_px=0.5)
+    assert set(feats) == set(pads) == {"32"}
+
+
+def test_extract_dense_writes_the_tissue_fraction(tmp_path):
+    extract = _extract_caches()
+    from stfeat.io import read_sample
+
+    t = make_visium_hd(tmp_path / "HD1", bins=(8,), extent_um=240.0)
+    img = t["full"].copy()
+    img[:, :200] = 0  # black scan background over the left bins
+    img[:, 400:] = 250  # glass over the right ones
+    full = save_image(tmp_path / "full.png", img)
+    sample = read_sample(tmp_path / "HD1", image=full)
+    enc = _patch_encoder()
+    out = {}
+    for mode in ("dense", "crop"):
+        (path,) = extract([sample], encoder=enc, scales_um=[32.0, 64.0], cache_dir=tmp_path / mode, mode=mode,
+                          k_neighbors=0)
+        with h5py.File(path, "r") as f:
+            assert f.attrs["extraction_mode"] == mode
+            out[mode] = {s: f["tissue"][s][...].astype(np.float32) for s in ("32", "64")}
+    for s in ("32", "64"):
+        dense, crop = out["dense"][s], out["crop"][s]
+        assert np.isfinite(dense).all() and dense.min() < 0.05 and dense.max() > 0.95
+        np.testing.assert_allclose(dense, crop, atol=0.04)
+        assert np.abs(dense - crop).mean() < 0.01

@@ -53,21 +53,19 @@ def test_cells_are_polygon_centroids_with_their_counts(tmp_path, monkeypatch, en
 
 
 def test_numpy_and_shapely_centroids_agree_on_multipolygons_and_holes(tmp_path, monkeypatch):
-    shapely = pytest.importorskip("shapely", reason="shapely is not installed")
+    pytest.importorskip("shapely", reason="shapely is not installed")
     sq = [[0, 0], [0, 4], [4, 4], [4, 0], [0, 0]]  # clockwise square, 16 px^2, centre (2, 2)
     far = [[100, 0], [108, 0], [108, 8], [100, 8], [100, 0]]  # 64 px^2, centre (104, 4)
     hole = [[101, 1], [101, 3], [103, 3], [103, 1], [101, 1]]  # 4 px^2, centre (102, 2)
     polys = [[[np.array(sq, float)], [np.array(far, float), np.array(hole, float)]]]
     want = (16 * np.array([2, 2]) + 64 * np.array([104, 4]) - 4 * np.array([102, 2])) / 76
-    xy, area = HD.cell_centroids(polys)
-    np.testing.assert_allclose(xy[0], want) and np.testing.assert_allclose(area, [76])
-    assert shapely is not None
-    monkeypatch.setitem(sys.modules, "shapely", None)
-    xy2, area2 = HD.cell_centroids(polys)
-    np.testing.assert_allclose(xy2, xy) and np.testing.assert_allclose(area2, area)
-    # a degenerate (zero-area) polygon falls back to the mean of its vertices, on both paths
-    line = [[[np.array([[0, 0], [2, 2], [4, 4], [0, 0]], float)]]]
-    np.testing.assert_allclose(HD.cell_centroids(line)[0], [[2, 2]])
+    line = [[np.array([[0, 0], [2, 2], [4, 4], [0, 0]], float)]]  # zero area: the mean of its vertices
+    for engine in ("shapely", "numpy"):
+        if engine == "numpy":
+            monkeypatch.setitem(sys.modules, "shapely", None)
+        xy, area = HD.cell_centroids(polys + [line])
+        np.testing.assert_allclose(xy, [want, [2, 2]], atol=1e-9)
+        np.testing.assert_allclose(area, [76, 0], atol=1e-9)
 
 
 def test_multipolygon_cell_in_the_geojson(tmp_path):
@@ -80,9 +78,11 @@ def test_multipolygon_cell_in_the_geojson(tmp_path):
     gj.write_text(json.dumps(data))
     s = read_sample(tmp_path / "HD1", image=full, bin_size_um="cells")
     i = list(s.barcodes).index("cellid_000000001-1")
-    a = t["cells"]["area_px"][list(t["cells"]["barcodes"]).index("cellid_000000001-1")]
-    want = (a * t["cells"]["coords"][list(t["cells"]["barcodes"]).index("cellid_000000001-1")] + 16 * 12.0) / (a + 16)
+    j = list(t["cells"]["barcodes"]).index("cellid_000000001-1")
+    a = t["cells"]["area_px"][j]
+    want = (a * t["cells"]["coords"][j] + 16 * np.array([12.0, 12.0])) / (a + 16)  # area-weighted over both parts
     np.testing.assert_allclose(s.coords[i], want, atol=1e-6)
+    np.testing.assert_allclose(s.adata.obs["cell_area"].iloc[i], (a + 16) * 0.25)
 
 
 def test_cells_chosen_by_keyword_folder_or_st_read_default_stays_8um_bins(tmp_path):
@@ -156,6 +156,9 @@ def test_cells_asked_of_a_run_without_segmentation_is_named(tmp_path):
     (json.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0]]]},
          "properties": {"cell_id": 1}}]}), "cell_id 1.* malformed polygon"),
+    (json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [0, 0]]]},
+         "properties": {"cell_id": 1}}]}), "fewer than 3 distinct corners"),
     (json.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [0, 9], [0, 0]]]},
          "properties": {"cell_id": 1}}] * 2}), "more than one polygon"),
@@ -254,3 +257,19 @@ def test_extract_runs_on_cells_from_the_cli(tmp_path):
     with h5py.File(tmp_path / "c" / "resnet50-trunc" / "HD1cells.h5", "r") as f:
         assert f["done/32"][...].all() and f["features/32"].shape[0] == 12
         assert np.isfinite(f["features/32"][...]).all()
+
+
+def test_manifest_column_and_folder_name_choose_cells(tmp_path):
+    """A manifest `bin_size_um` of `cells`, and a path to outs/segmented_outputs named after its sample."""
+    import stfeat as st
+    from platform_builders import add_segmented_outputs, make_visium_hd
+
+    t = make_visium_hd(tmp_path / "HD1")
+    add_segmented_outputs(t)
+    outs = next(p for p in (tmp_path / "HD1").rglob("outs") if p.is_dir())
+    m = tmp_path / "m.csv"
+    m.write_text(f"sample_id,path,bin_size_um\nHD1,{outs.parent},cells\n")
+    (s,) = st.read(m)
+    assert s.sample_id == "HD1" and str(s.barcodes[0]).startswith("cellid_")
+    (s2,) = st.read(outs / "segmented_outputs")
+    assert s2.sample_id == "HD1"

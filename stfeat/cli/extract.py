@@ -37,6 +37,7 @@ def extract_cmd(
     shard: Annotated[Optional[str], typer.Option("--shard", help=_h("shard"))] = None,
     dtype: Annotated[str, typer.Option("--dtype", help=_h("dtype") + f" One of {', '.join(DTYPES)}.")] = "float16",
     um_per_px: Annotated[Optional[float], typer.Option("--um-per-px", help=_h("um_per_px"))] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help=_h("image"))] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help=_h("pretrained"))] = True,
     mode: Annotated[str, typer.Option("--mode", help=_h("mode") + " One of auto, crop, dense.")] = "auto",
     stain_norm: Annotated[str, typer.Option("--stain-norm", help=_h("stain_norm"))] = "none",

@@ -27,6 +27,7 @@ def fit_cmd(
     samples: Annotated[Path, typer.Argument(help=_h("samples"))],
     encoder: Annotated[List[str], typer.Option("--encoder", "-e", metavar="NAME[,NAME...]", help=_h("encoder"))],
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_h("cache_dir"))] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help=_h("image"))] = None,
     head: Annotated[List[str], typer.Option("--head", metavar="HEAD[,HEAD...]", help=_h("head"))]
     = ["ridge"],  # noqa: B006 - typer's way of a list default
     head_params: Annotated[Optional[str], typer.Option("--head-params", metavar="JSON", help=_h("head_params"))]

@@ -53,22 +53,16 @@ def info(
 ) -> None:
     """Print format, spots, genes, image size, pyramid levels, um/px and its source, patient and warnings."""
     if path.suffix == ".h5" and path.is_file() and not _is_10x_matrix(path):
-        try:
-            from stfeat.cache import describe_cache
-        except ImportError:
-            typer.secho(f"error: {path}: reading feature caches needs stfeat.cache, which is not available.",
-                        fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
+        from stfeat.cache import describe_cache
+
         typer.echo(describe_cache(path))
         return
-    from stfeat.io import resolve_samples
+    from stfeat.io import resolve_samples, with_image
 
-    overrides = {k: v for k, v in {"image": image, "um_per_px": um_per_px, "sample_id": sample_id}.items() if v is not None}
-    refs = resolve_samples(path, allow_normalized=True, **{k: v for k, v in overrides.items() if k != "sample_id"})
+    refs = resolve_samples(path, allow_normalized=True, **({"um_per_px": um_per_px} if um_per_px is not None else {}))
     if sample_id is not None:
         refs = [r for r in refs if r.sample_id == sample_id] or _no_such(path, sample_id, refs)
-    if image is not None and len(refs) > 1:
-        raise typer.BadParameter("--image applies to one sample; pick it with --sample-id.")
+    refs = with_image(refs, image, path)  # the one --image rule of extract, fit, predict and info
     from stfeat.errors import StfeatError
 
     failed = 0

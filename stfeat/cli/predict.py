@@ -39,6 +39,7 @@ def predict_cmd(
                                                            help=_h("map_genes"))] = None,
     spatialdata: Annotated[bool, typer.Option("--spatialdata/--no-spatialdata", help=_h("spatialdata"))] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle/--no-allow-pickle", help=_h("allow_pickle"))] = False,
+    image: Annotated[Optional[Path], typer.Option("--image", help=_h("image"))] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_h("verbose"))] = False,
 ) -> None:
     """Predict expression for a sample's spots (features from the cache, else extracted), or on a

@@ -116,10 +116,12 @@ def _write_tiff(path: Path, img: np.ndarray, um_per_px: float) -> None:
     while max(levels[-1].shape[:2]) > 512:
         h, w = levels[-1].shape[:2]
         levels.append(np.asarray(Image.fromarray(levels[-1]).resize((w // 2, h // 2), Image.BILINEAR)))
-    tmp = path.with_name(path.name + ".tmp")
+    from stfeat._safe_write import atomic_path
+
     res = (1e4 / um_per_px, 1e4 / um_per_px)  # pixels per centimetre
     opts = dict(tile=(256, 256), compression="jpeg", compressionargs={"level": 90}, photometric="rgb")
-    with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
+    # a fresh temporary file of ours, renamed into place once closed (a planted link is never written through)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=False) as tif:
         tif.write(
             levels[0],
             subifds=len(levels) - 1,
@@ -132,13 +134,12 @@ def _write_tiff(path: Path, img: np.ndarray, um_per_px: float) -> None:
         for k, lev in enumerate(levels[1:], start=1):
             r = (res[0] / 2**k, res[1] / 2**k)
             tif.write(lev, subfiletype=1, resolution=r, resolutionunit="CENTIMETER", metadata=None, **opts)
-    os.replace(tmp, path)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from stfeat._safe_write import write_text
+
+    write_text(path, text)  # a fresh temporary file of ours, renamed into place
 
 
 def make_synthetic_dataset(
@@ -269,9 +270,10 @@ def make_synthetic_dataset(
                                   "banner": SYNTHETIC_BANNER, "sample_id": sid, "patient": patient,
                                   "seed": int(seed)}
         h5 = root / "st" / f"{sid}.h5ad"
-        tmp = h5.with_name(h5.name + ".tmp")
-        adata.write_h5ad(tmp)
-        os.replace(tmp, h5)
+        from stfeat._safe_write import atomic_path
+
+        with atomic_path(h5) as tmp:
+            adata.write_h5ad(tmp)
         _write_tiff(root / "wsis" / f"{sid}.tif", section["image"], um_per_px)
         W, H = section["size_px"]
         meta = {

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -83,26 +82,23 @@ def save_head(head, path) -> Path:
         raise ValueError(f"{type(head).__name__} has a parameter that cannot be saved as JSON "
                          f"({err}). Fix: use plain numbers, strings and lists as parameters, "
                          "or joblib.dump the head instead.") from err
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    from stfeat._faults import named_write_errors
+    from stfeat._safe_write import atomic_path
+    from stfeat.model import SAVE_FIX
+
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    save_file(arrays, str(tmp / "arrays.safetensors"))
-    for key, text in texts.items():
-        (tmp / f"text_{key}.txt").write_text(text)
-    for key, child in children.items():
-        save_head(child, tmp / "heads" / key)
-    (tmp / "head.json").write_text(json.dumps(doc, indent=1))
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(path)
+    # a fresh temporary folder of ours, renamed over ``path``; removed on any error (a full disk is a
+    # ResourceError naming the file)
+    with named_write_errors(path, what="the head", fix=SAVE_FIX), atomic_path(path, folder=True) as tmp:
+        with named_write_errors(tmp / "arrays.safetensors", what="the head's arrays", fix=SAVE_FIX):
+            save_file(arrays, str(tmp / "arrays.safetensors"))
+        for key, text in texts.items():
+            with named_write_errors(tmp / f"text_{key}.txt", what="the head's text state", fix=SAVE_FIX):
+                (tmp / f"text_{key}.txt").write_text(text)
+        for key, child in children.items():
+            save_head(child, tmp / "heads" / key)
+        with named_write_errors(tmp / "head.json", what="the head's description", fix=SAVE_FIX):
+            (tmp / "head.json").write_text(json.dumps(doc, indent=1))
     logger.info("saved %s head to %s", head.name, path)
     return path
 

@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from stfeat.io.coerce import LoadedRef, as_samples, read
+from stfeat.io.coerce import LoadedRef, as_samples, read, with_image
 from stfeat.io.manifest import SampleRef, read_manifest, resolve_samples
 from stfeat.io.detect import FORMATS, detect_format, read_sample
 from stfeat.io.sample import Sample
 
-__all__ = ["FORMATS", "LoadedRef", "Sample", "SampleRef", "as_samples", "read", "detect_format", "read_manifest", "read_sample", "resolve_samples"]
+__all__ = ["FORMATS", "LoadedRef", "Sample", "SampleRef", "as_samples", "read", "detect_format", "read_manifest", "read_sample", "resolve_samples", "with_image"]

@@ -6,6 +6,7 @@ Every public function that takes samples (:func:`stfeat.extraction.extract`, :fu
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -50,6 +51,7 @@ def as_samples(x: Any, *, lazy: bool = False, **overrides: Any) -> list[Any]:
         otherwise every sample is read (counts, spot geometry, an image handle).
     **overrides
         :func:`stfeat.io.read_sample` keyword arguments for samples read from paths (e.g. ``um_per_px``).
+        ``image`` (the H&E of ONE sample) goes through :func:`with_image`: an error when ``x`` holds several.
 
     Returns
     -------
@@ -57,6 +59,7 @@ def as_samples(x: Any, *, lazy: bool = False, **overrides: Any) -> list[Any]:
         :class:`Sample` objects (``lazy=False``), or SampleRef / :class:`LoadedRef` objects.
     """
     refs: list[Any] = []
+    image = overrides.pop("image", None)
     items: Iterable[Any] = [x] if (_is_pathlike(x) or isinstance(x, (Sample, SampleRef))) else x
     for it in items:
         if _is_pathlike(it):
@@ -76,9 +79,37 @@ def as_samples(x: Any, *, lazy: bool = False, **overrides: Any) -> list[Any]:
     if dup:
         raise InputError(x if _is_pathlike(x) else None, f"sample id(s) {dup} appear more than once.",
                          "give every sample a unique sample_id (manifest column 'sample_id').")
+    refs = with_image(refs, image, x if _is_pathlike(x) else None)
     if lazy:
         return refs
     return [_load(r) for r in refs]
+
+
+def with_image(refs: list[Any], image: str | os.PathLike | None, source: Any = None) -> list[Any]:
+    """``refs`` with the ``image`` override (``--image`` / config key ``image`` / ``image=``) applied.
+
+    One image is the H&E of one sample: ``image`` must be a file and ``refs`` a single sample read from a
+    path (:class:`SampleRef`), else :class:`InputError` naming the image or ``source`` (what the user gave)
+    and the ways to give several samples their images. ``image=None`` returns ``refs`` unchanged.
+    """
+    if image is None:
+        return refs
+    img = Path(image).expanduser()
+    if not img.is_file():
+        raise InputError(img, "the image file (--image / image=) does not exist.",
+                         "check the path of the H&E image.")
+    if len(refs) != 1:
+        ids = [r.sample_id for r in refs]
+        raise InputError(source, f"--image (image=) is the H&E of one sample, but the input holds {len(refs)} "
+                         f"samples ({', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''}).",
+                         "give one sample's folder or file (`stfeat info` picks one with --sample-id ID), or "
+                         "list the samples in a manifest with an `image` column (one image per row).")
+    (ref,) = refs
+    if not isinstance(ref, SampleRef):
+        raise InputError(source, f"sample {ref.sample_id} is already read, so image= cannot give it another H&E.",
+                         "pass the sample's path (or a SampleRef) instead of the loaded Sample, or read it with "
+                         "st.read(path, image=...).")
+    return [dataclasses.replace(ref, options={**ref.options, "image": img})]
 
 
 def _load(ref: Any) -> Sample:

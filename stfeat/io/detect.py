@@ -69,7 +69,7 @@ def read_sample(
     patient: str | None = None,
     fmt: str | None = None,
     allow_normalized: bool = False,
-    bin_size_um: float | None = None,
+    bin_size_um: float | str | None = None,
     alignment: str | Path | None = None,
 ) -> Sample:
     """Read one spatial transcriptomics sample, whatever its format, into a :class:`Sample`.
@@ -91,7 +91,7 @@ def read_sample(
     fmt
         Skip detection: one of :data:`FORMATS`.
     bin_size_um
-        Visium HD: the bin size to read (2, 8 or 16; default 8).
+        Visium HD: the bin size to read (2, 8 or 16; default 8), or "cells" for the segmented cells.
     alignment
         Xenium: the H&E -> morphology ``*_imagealignment.csv`` (default: the one in ``outs/``).
     allow_normalized

@@ -77,11 +77,14 @@ def read_manifest(path: str | Path) -> list[SampleRef]:
                 v = (mpath.parent / str(v).strip()).expanduser()
                 if not v.is_file():
                     raise InputError(mpath, f"row {i}: the image {v} does not exist.", "fix the image path.")
+            elif k == "bin_size_um" and str(v).strip().lower() == "cells":
+                v = "cells"  # Visium HD: the segmented cells (segmented_outputs/) instead of bins
             elif k in ("um_per_px", "bin_size_um"):
                 try:
                     v = float(v)
                 except (TypeError, ValueError):
-                    raise InputError(mpath, f"row {i}: {k} {v!r} is not a number.", "give e.g. 0.5 (bins: 8).") from None
+                    raise InputError(mpath, f"row {i}: {k} {v!r} is not a number.",
+                                     "give e.g. 0.5 (bin_size_um: 2, 8, 16 or cells).") from None
                 if not (math.isfinite(v) and v > 0):
                     raise InputError(mpath, f"row {i}: {k} {v!r} is not a positive finite number.",
                                      "give micrometres per pixel, e.g. 0.5 (or leave it empty); bins: 2, 8 or 16.")
@@ -287,7 +290,8 @@ def _single(p: Path, fmt: str, overrides: dict[str, Any]) -> SampleRef:
             outs = S.outs_dir(p if p.is_dir() else p.parent)
             sid = _default_id(outs) if outs is not None else _default_id(p)
         elif fmt in ("visium-hd", "xenium"):
-            q = p.parent.parent.parent if p.parent.name == "binned_outputs" else p
+            q = p.parent.parent.parent if p.parent.name == "binned_outputs" else (
+                p.parent if p.name == "segmented_outputs" else p)
             sid = _default_id(q.parent if q.name == "outs" else q)
         elif fmt == "legacy-st":
             sid = str(L.locate(p, None)["section"])

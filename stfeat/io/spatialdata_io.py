@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +81,15 @@ def _image_to_tiff(img: Any, key: str, zarr_path: Path) -> Path:
     if arr.dtype != np.uint8:
         hi = float(np.nanmax(arr)) or 1.0
         arr = np.clip(arr / (hi if hi > 255 else 255.0) * 255, 0, 255).astype(np.uint8)
-    tmp = out.with_suffix(".tmp.tif")
+    from stfeat._safe_write import atomic_path
+
     levels = [arr]
     while max(levels[-1].shape[:2]) > 2048:
         levels.append(levels[-1][::2, ::2])
-    with tifffile.TiffWriter(tmp, bigtiff=arr.nbytes > 2**31) as tw:
+    with atomic_path(out) as tmp, tifffile.TiffWriter(tmp, bigtiff=arr.nbytes > 2**31) as tw:
         tw.write(levels[0], tile=(256, 256), subifds=len(levels) - 1, photometric="rgb")
         for a in levels[1:]:
             tw.write(np.ascontiguousarray(a), tile=(256, 256), subfiletype=1, photometric="rgb")
-    os.replace(tmp, out)
     return out
 
 
@@ -219,10 +218,9 @@ def write_spatialdata(pred: Any, path: str | Path, *, sample: Sample | None = No
                                           c_coords=["r", "g", "b"],
                                           transformations={"global": Scale([1 / s, 1 / s], axes=("x", "y"))})
     sdata = sd.SpatialData(images=images, shapes={"spots": shapes}, tables={"table": table})
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sdata.write(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    from stfeat._safe_write import atomic_path
+
+    with atomic_path(path, folder=True) as tmp:  # a fresh, unguessable name of ours, swapped in whole
+        tmp.rmdir()  # spatialdata creates the store itself (it refuses an existing non-zarr folder)
+        sdata.write(tmp)
     return path

@@ -170,7 +170,7 @@ def _open_image(image: Path | None, folders: list[tuple[Path, dict]], coords: np
 
 
 def _sf_um(sfs: list[tuple[dict, Path]]) -> tuple[float, str] | None:
-    """um/px from the first scale factors stating ``microns_per_pixel``, else ``bin_size_um / spot_diameter_fullres``."""
+    """um/px: the first ``microns_per_pixel`` of ``sfs``, else the first ``bin_size_um / spot_diameter_fullres``."""
     for sf, _ in sfs:
         if sf.get("microns_per_pixel"):
             return float(sf["microns_per_pixel"]), "visium-hd scalefactors (microns_per_pixel)"
@@ -273,9 +273,12 @@ def _polygons(geom: Any) -> list[list[np.ndarray]] | None:
     out = []
     for p in polys or []:
         rings = [np.asarray(r, dtype=np.float64) for r in p]
-        if not rings or any(r.ndim != 2 or r.shape[0] < 3 or r.shape[1] < 2 for r in rings):
-            raise ValueError("a ring is not a list of at least 3 [x, y] points")
-        out.append([r[:, :2] for r in rings])
+        if any(r.ndim != 2 or r.shape[1] < 2 for r in rings):
+            raise ValueError("a ring is not a list of [x, y] points")
+        rings = [r[:-1, :2] if len(r) > 1 and (r[0] == r[-1]).all() else r[:, :2] for r in rings]  # open rings
+        if not rings or any(len(r) < 3 for r in rings):
+            raise ValueError("a ring has fewer than 3 distinct corners")
+        out.append(rings)
     return out or None
 
 
@@ -395,9 +398,8 @@ def _read_cells(outs: Path, *, image: Path | None, um_per_px: float | None, samp
     if len(cids) - ci.size:
         notes.warn(f"{gj.name}: {len(cids) - ci.size} of {len(cids)} cell polygons have no counts in "
                    f"{counts_path.name}; left them out.")
-    pi = where[ci]
-    xy_all, area_all = cell_centroids([polys[j] for j in pi])
-    X, bc, coords, area_px = X[ci], bc[ci], xy_all, area_all
+    coords, area_px = cell_centroids([polys[j] for j in where[ci]])
+    X, bc = X[ci], bc[ci]
 
     sfs = [S.read_scalefactors(d) for d in [seg / "spatial"] + [
         outs / "binned_outputs" / bin_folder_name(b) / "spatial"

@@ -26,7 +26,9 @@ from stfeat.errors import InputError
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 # ".{name}.{pid}.{8 hex}.tmp": the temporary names made here (see public_path)
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.\d+\.[0-9a-f]{8}\.tmp$")
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{6}))?\.[0-9a-f]{8}\.tmp$")
+#: a temporary of another host (shared file systems) is only taken for stale after this long
+STALE_SECONDS = 24 * 3600
 
 
 def check_inside(path: str | Path, root: str | Path) -> Path:
@@ -51,8 +53,48 @@ def fresh_tmp(path: str | Path) -> tuple[Path, int]:
     raise OSError(f"cannot create a temporary file beside {p}")
 
 
+def _host() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
 def _tmp_name(p: Path) -> Path:
-    return p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    return p.with_name(f".{p.name}.{os.getpid()}-{_host()}.{secrets.token_hex(4)}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale(path: str | Path) -> int:
+    """Remove the temporaries of ``path`` that dead writers left (a run killed with kill -9): those of a
+    process of this host that no longer runs, or of any host after :data:`STALE_SECONDS`. Returns how many."""
+    import time
+
+    p = Path(path)
+    n = 0
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for e in os.scandir(p.parent):
+            m = _TMP_RE.match(e.name)
+            if m is None or m.group("name") != p.name or int(m.group("pid")) == os.getpid():
+                continue
+            try:
+                age = time.time() - e.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            here = m.group("host") == _host()
+            if (here and not _alive(int(m.group("pid")))) or age > STALE_SECONDS:
+                _remove(Path(e.path))
+                n += 1
+    return n
 
 
 def fresh_tmp_dir(path: str | Path) -> Path:
@@ -124,6 +166,7 @@ def atomic_path(path: str | Path, *, root: str | Path | None = None, folder: boo
     """
     p = Path(path) if root is None else check_inside(path, root)
     p.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(p)  # what a killed earlier run left beside it: the disk does not fill
     if folder:
         tmp = fresh_tmp_dir(p)
     else:
@@ -167,4 +210,4 @@ def replace_into(tmp: str | Path, path: str | Path, *, root: str | Path | None =
 
 
 __all__ = ["atomic_path", "write_text", "write_bytes", "tmp_path", "replace_into", "swap_in", "check_inside",
-           "fresh_tmp", "fresh_tmp_dir", "public_path"]
+           "fresh_tmp", "fresh_tmp_dir", "public_path", "remove_stale"]

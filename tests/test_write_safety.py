@@ -299,6 +299,34 @@ def test_kill_9_during_fit_leaves_no_output_that_looks_complete(toy, tmp_path):
 
     res = _fit_report(samples, cache, out, "hvg:7")  # a rerun succeeds
     assert res.out_dir == out and len(_consistent(out)) == 7
+    assert [p.name for p in runs.iterdir()] == ["out"]  # and removed what the killed runs left (dead pids)
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    import subprocess as sp
+
+    from stfeat import _safe_write as W
+
+    target = tmp_path / "res.csv"
+    dead = sp.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = W._host()
+    stale = tmp_path / f".res.csv.{dead.pid}-{host}.0123abcd.tmp"
+    stale.mkdir()
+    (stale / "x").write_text("half-written")
+    live = tmp_path / f".res.csv.{os.getppid()}-{host}.89abcdef.tmp"  # a running process's
+    live.write_text("in progress")
+    other_host = tmp_path / f".res.csv.{dead.pid}-ffffff.00000000.tmp"  # maybe alive elsewhere: kept a day
+    other_host.write_text("elsewhere")
+    old = tmp_path / ".res.csv.1-ffffff.11111111.tmp"
+    old.write_text("ancient")
+    os.utime(old, (time.time() - 2 * W.STALE_SECONDS,) * 2)
+    unrelated = tmp_path / ".other.csv.1-ffffff.22222222.tmp"
+    unrelated.write_text("not ours to judge")
+    W.write_text(target, "a,b\n")
+    assert target.read_text() == "a,b\n"
+    assert not stale.exists() and not old.exists()
+    assert live.exists() and other_host.exists() and unrelated.exists()
 
 
 # --------------------------------------------------------------------------------- config and pickle

@@ -15,6 +15,7 @@ half-written is left under the target's name). :func:`write_bytes` / :func:`writ
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -53,7 +54,9 @@ def fresh_tmp(path: str | Path) -> tuple[Path, int]:
     raise OSError(f"cannot create a temporary file beside {p}")
 
 
+@functools.lru_cache(maxsize=1)
 def _host() -> str:
+    """A short tag of this machine's name (temporaries of another host are not judged by their pid)."""
     import hashlib
     import socket
 

@@ -16,7 +16,7 @@ from sklearn.linear_model import Ridge
 import stfeat as st
 from stfeat.errors import InputError
 from test_demo import demo_workspace  # noqa: F401  (session fixture)
-from test_fit_support import toy_dataset, toy_sample, write_toy_cache
+from test_fit_support import plant_pickled_head, toy_dataset, toy_sample, write_toy_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,20 +133,8 @@ def test_malicious_pickled_model_runs_nothing(toy, tmp_path):
     _, _, fs = toy
     model = st.fit(fs, head="ridge", genes="hvg:4")
     d = model.save(tmp_path / "evil")
-    man = json.loads((d / "model.json").read_text())
-    man["head_format"] = "joblib"
-    (d / "model.json").write_text(json.dumps(man))
     sentinel = tmp_path / "PWNED"
-
-    class Evil:
-        def __reduce__(self):
-            import os
-
-            return (os.system, (f"touch {sentinel}",))
-
-    import pickle
-
-    (d / "head.joblib").write_bytes(pickle.dumps(Evil()))
+    plant_pickled_head(d, sentinel)
     with pytest.raises(InputError) as exc:
         st.Model.load(d)
     assert "head.joblib" in str(exc.value) and "--allow-pickle" in str(exc.value)

@@ -124,3 +124,21 @@ def write_toy_disk(root: Path, samples) -> Path:
         rows.append(f"{s.sample_id},{s.patient or ''},{s.sample_id}.h5ad,{s.sample_id}.jpg,{UM_PER_PX}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root / "manifest.csv"
+
+
+def plant_pickled_head(model_dir: Path, sentinel: Path) -> None:
+    """Make a saved model folder malicious: model.json says joblib, and head.joblib runs `touch sentinel`."""
+    import json
+    import pickle
+
+    man = json.loads((model_dir / "model.json").read_text())
+    man["head_format"] = "joblib"
+    (model_dir / "model.json").write_text(json.dumps(man))
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {sentinel}",))
+
+    (model_dir / "head.joblib").write_bytes(pickle.dumps(Evil()))

@@ -19,7 +19,7 @@ import pytest
 
 import stfeat as st
 from stfeat.errors import InputError
-from test_fit_support import toy_dataset, toy_sample, write_toy_disk
+from test_fit_support import plant_pickled_head, toy_dataset, toy_sample, write_toy_disk
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -349,18 +349,8 @@ def test_predict_cli_runs_no_pickled_head_and_names_allow_pickle(toy, tmp_path):
     cache, samples = toy
     d = st.fit(st.FeatureSet.load(samples, encoder="toy", cache_dir=cache), head="ridge",
                genes="hvg:4").save(tmp_path / "evil")
-    man = json.loads((d / "model.json").read_text())
-    man["head_format"] = "joblib"
-    (d / "model.json").write_text(json.dumps(man))
     sentinel = tmp_path / "PWNED"
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {sentinel}",))
-
-    import pickle
-
-    (d / "head.joblib").write_bytes(pickle.dumps(Evil()))
+    plant_pickled_head(d, sentinel)
     manifest = write_toy_disk(tmp_path / "disk", [toy_sample("Q1", "Q", n_side=3)[0]])
     pred = tmp_path / "pred.h5ad"
     r = CliRunner().invoke(app, ["predict", str(d), str(manifest), "--out", str(pred), "--cache-dir",

@@ -140,37 +140,53 @@ def standardize_fit(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         corr += t.sum(0)
         ss += np.einsum("ij,ij->j", t, t)
     var = (ss - corr ** 2 / n) / n
+    return mean, _scale_of(mean, var, n)
+
+
+def _scale_of(mean: np.ndarray, var: np.ndarray, n: int) -> np.ndarray:
+    """The standard deviation, 1 for a feature whose variance is within the rounding bound of a constant
+    (scikit-learn's ``_is_constant_feature``)."""
     eps = np.finfo(np.float64).eps
     constant = var <= n * eps * var + (n * mean * eps) ** 2
     scale = np.sqrt(np.maximum(var, 0.0))
     scale[constant] = 1.0
-    return mean, scale
+    return scale
+
+
+class RowMoments:
+    """Column means and sums of squared deviations of row blocks (float64): each block's two-pass moments,
+    merged by Chan et al.'s pairwise update. :meth:`standardization` is :func:`standardize_fit`'s result."""
+
+    def __init__(self, d: int) -> None:
+        self.n, self.mean, self.m2 = 0, np.zeros(d), np.zeros(d)
+
+    def add(self, X: np.ndarray) -> None:
+        t = np.asarray(X, np.float64)
+        nb = len(t)
+        if nb == 0:
+            return
+        mb = t.mean(0)
+        t = t - mb
+        m2b = np.einsum("ij,ij->j", t, t) - t.sum(0) ** 2 / nb
+        delta = mb - self.mean
+        tot = self.n + nb
+        self.mean = self.mean + delta * (nb / tot)
+        self.m2 = self.m2 + m2b + delta ** 2 * (self.n * nb / tot)
+        self.n = tot
+
+    def standardization(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.mean, _scale_of(self.mean, self.m2 / max(self.n, 1), self.n)
 
 
 def _standardize_fit_rows(X: Any) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`standardize_fit` of a row-sliceable array read in row blocks, in one pass: each block's
-    mean and sum of squared deviations (two-pass, float64) merged by Chan et al.'s pairwise update."""
+    """:func:`standardize_fit` of a row-sliceable array read in row blocks, in one pass (:class:`RowMoments`)."""
     n_all, d = int(X.shape[0]), int(X.shape[1])
     step = max(1, 2**23 // max(1, d))  # 64 MB float64 blocks
-    n, mean, m2 = 0, np.zeros(d), np.zeros(d)
+    mom = RowMoments(d)
     for a in range(0, n_all, step):
         b = min(n_all, a + step)
-        t = np.asarray(X.rows(a, b) if hasattr(X, "rows") else X[a:b], np.float32).astype(np.float64)
-        nb = len(t)
-        mb = t.mean(0)
-        t -= mb
-        m2b = np.einsum("ij,ij->j", t, t) - t.sum(0) ** 2 / nb
-        delta = mb - mean
-        tot = n + nb
-        mean = mean + delta * (nb / tot)
-        m2 = m2 + m2b + delta ** 2 * (n * nb / tot)
-        n = tot
-    var = m2 / max(n, 1)
-    eps = np.finfo(np.float64).eps
-    constant = var <= n * eps * var + (n * mean * eps) ** 2
-    scale = np.sqrt(np.maximum(var, 0.0))
-    scale[constant] = 1.0
-    return mean, scale
+        mom.add(np.asarray(X.rows(a, b) if hasattr(X, "rows") else X[a:b], np.float32))
+    return mom.standardization()
 
 
 def inner_split(n: int, validation_fraction: float, random_state, groups=None

@@ -25,47 +25,28 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from stfeat.heads._base import RowMoments
+
 logger = logging.getLogger(__name__)
 
 
-class _Moments:
-    """Column means and sums of squared deviations of row chunks (float64), merged pairwise; optionally the
-    cross-products about the first chunk's mean (for the covariance)."""
+class _Moments(RowMoments):
+    """:class:`RowMoments` plus, optionally, the cross-products about the first chunk's mean (the covariance)."""
 
     def __init__(self, d: int, cov: bool):
-        self.n, self.mean, self.m2 = 0, np.zeros(d), np.zeros(d)
+        super().__init__(d)
         self.cov = cov
         self.shift = self.sx = self.sxx = None
 
     def add(self, X: np.ndarray) -> None:
         t = np.asarray(X, np.float64)
-        nb = len(t)
-        if nb == 0:
-            return
-        mb = t.mean(0)
-        if self.cov:
+        if self.cov and len(t):
             if self.shift is None:
-                self.shift, self.sx, self.sxx = mb.copy(), np.zeros_like(mb), np.zeros((len(mb), len(mb)))
+                self.shift, self.sx, self.sxx = t.mean(0), np.zeros(t.shape[1]), np.zeros((t.shape[1],) * 2)
             u = t - self.shift
             self.sx += u.sum(0)
             self.sxx += u.T @ u
-        t = t - mb
-        m2b = np.einsum("ij,ij->j", t, t) - t.sum(0) ** 2 / nb
-        tot = self.n + nb
-        delta = mb - self.mean
-        self.mean = self.mean + delta * (nb / tot)
-        self.m2 = self.m2 + m2b + delta ** 2 * (self.n * nb / tot)
-        self.n = tot
-
-    def standardization(self) -> tuple[np.ndarray, np.ndarray]:
-        """``standardize_fit``'s (mean, scale)."""
-        n, mean = self.n, self.mean
-        var = self.m2 / max(n, 1)
-        eps = np.finfo(np.float64).eps
-        constant = var <= n * eps * var + (n * mean * eps) ** 2
-        scale = np.sqrt(np.maximum(var, 0.0))
-        scale[constant] = 1.0
-        return mean, scale
+        super().add(t)
 
     def covariance(self) -> np.ndarray:
         """Population covariance of the rows (float64 d x d)."""
